@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class AsyncDownloadsConfig(AppConfig):
+    name = "async_downloads"
+    verbose_name = "Async downloads"
+
+    def ready(self):
+        from . import checks  # noqa: F401  (registers the system checks)

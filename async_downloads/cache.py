@@ -1,0 +1,252 @@
+"""The cache API: what views and tasks call to start, report and finish downloads."""
+
+import logging
+import math
+import numbers
+import re
+import time
+import uuid
+
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from . import events, files, store
+from .conf import settings
+from .users import user_pk
+
+logger = logging.getLogger(__name__)
+
+PENDING, RUNNING, COMPLETE, ERROR, CANCELLED = "pending", "running", "complete", "error", "cancelled"
+FINISHED = frozenset({COMPLETE, ERROR, CANCELLED})
+SAVE_FAILED = _("The file could not be saved. Please try again later.")
+KEY_PATTERN = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
+
+__all__ = [
+    "cleanup_collection",
+    "clear_download",
+    "get_collection_key",
+    "get_download",
+    "get_downloads",
+    "get_user_download",
+    "init_download",
+    "is_download_key",
+    "save_download",
+    "set_error",
+    "set_percentage",
+    "update_percentage",
+]
+
+
+def get_collection_key(user):
+    return settings.COLLECTION_KEY_FORMAT.format(user_pk(user))
+
+
+def is_download_key(value):
+    return isinstance(value, str) and KEY_PATTERN.match(value) is not None
+
+
+def init_download(user, filename, name=None):
+    """Record a new pending download; return ``(collection_key, download_key)``."""
+    pk = user_pk(user)
+    collection_key = settings.COLLECTION_KEY_FORMAT.format(pk)
+    download_key = str(uuid.uuid4())
+    filename = files.safe_filename(filename)
+    record = _new_record(pk, download_key, filename, name or filename)
+    store.create(record, collection_key)
+    events.download_changed(record, events.CREATED)
+    return collection_key, download_key
+
+
+def _new_record(pk, download_key, filename, name):
+    now = time.time()
+    return {
+        # The keys of earlier releases, which the legacy JSON endpoint returns.
+        "timestamp": timezone.now(),
+        "filepath": files.download_path(download_key, filename),
+        "name": str(name),
+        "complete": False,
+        "errors": "",
+        "percentage": 0,
+        "css_class": settings.CSS_CLASS,
+        "url": "",
+        # Added in 1.0.
+        "key": download_key,
+        "user_id": pk,
+        "filename": filename,
+        "state": PENDING,
+        "created": now,
+        "updated": now,
+        "expires": now + settings.TIMEOUT,
+    }
+
+
+def get_download(download_key):
+    """The record of a download, or None if it is unknown, cleared or expired."""
+    if not is_download_key(download_key):
+        return None
+    return store.read(download_key)
+
+
+def get_user_download(user, download_key):
+    """The record of ``download_key`` if it belongs to ``user``, else None."""
+    record = get_download(download_key)
+    if record is None or record["user_id"] != user_pk(user):
+        return None
+    return record
+
+
+def get_downloads(user):
+    """The records of a user's downloads, newest first."""
+    pk = user_pk(user)
+    keys = store.get_cache().get(settings.COLLECTION_KEY_FORMAT.format(pk)) or []
+    records = [r for r in store.read_many(keys) if r.get("user_id") == pk]
+    return sorted(records, key=lambda r: r["created"], reverse=True)
+
+
+def save_download(download_key, iterable=None, file=None, encoding="utf-8"):
+    """Store the result of a download: rows as CSV (``iterable``) or a file object."""
+    record = store.read(download_key)
+    if record is None:
+        logger.warning("save_download: download %s is unknown, cleared or expired.", download_key)
+        return
+    if record["state"] in FINISHED:
+        return
+    try:
+        path = _write(record, iterable, file, encoding)
+    except Exception:
+        logger.exception("Saving download %s (%r) failed.", download_key, record["name"])
+        files.delete_download_files(record["filepath"])
+        _finish(download_key, ERROR, errors=str(SAVE_FAILED))
+        return
+    _complete(download_key, path)
+
+
+def _write(record, iterable, file, encoding):
+    if iterable is not None:
+        return files.write_rows(record["filepath"], iterable, encoding)
+    if file is not None:
+        return files.write_file(record["filepath"], file)
+    raise ValueError("save_download needs an iterable of rows or a file.")
+
+
+def _complete(download_key, path):
+    def change(record):
+        if record["state"] in FINISHED:
+            return False
+        record.update(filepath=path, url=_file_url(download_key))
+        _mark(record, COMPLETE)
+        record["expires"] = time.time() + settings.TIMEOUT
+
+    record = store.update(download_key, change)
+    if record is None:
+        # Cleared (or cancelled) while the file was being written: keep no file.
+        files.delete_download_files(path)
+        return
+    store.extend_collection(settings.COLLECTION_KEY_FORMAT.format(record["user_id"]), record["expires"])
+    events.download_changed(record, events.COMPLETED)
+
+
+def _file_url(download_key):
+    from django.urls import NoReverseMatch, reverse
+
+    try:
+        return reverse("async_downloads:download", args=[download_key])
+    except NoReverseMatch:
+        return ""
+
+
+def _mark(record, state, errors=""):
+    record.update(state=state, complete=state in FINISHED, errors=errors)
+    if state in FINISHED:
+        record["percentage"] = 100
+
+
+def _finish(download_key, state, errors=""):
+    def change(record):
+        if record["state"] in FINISHED:
+            return False
+        _mark(record, state, errors)
+
+    record = store.update(download_key, change)
+    if record is not None:
+        events.download_changed(record, events.FAILED if state == ERROR else events.UPDATED)
+    return record
+
+
+def set_error(download_key, error):
+    """Mark a download as failed with ``error``, a message shown to its user."""
+    logger.error("Download %s failed: %s", download_key, error)
+    _finish(download_key, ERROR, errors=str(error))
+
+
+def set_percentage(download_key, percentage):
+    """Set the progress of a download, clamped to 0..100 (100 comes with the file)."""
+    value = _checked_percentage(percentage)
+
+    def change(record):
+        if record["state"] in FINISHED or (record["percentage"] == value and record["state"] == RUNNING):
+            return False
+        record.update(percentage=value, state=RUNNING)
+
+    record = store.update(download_key, change)
+    if record is not None:
+        events.download_changed(record, events.UPDATED)
+
+
+def _checked_percentage(percentage):
+    if isinstance(percentage, bool) or not isinstance(percentage, numbers.Real):
+        raise ValueError(f"percentage must be a number from 0 to 100, not {percentage!r}.")
+    if not math.isfinite(percentage):
+        raise ValueError(f"percentage must be a finite number, not {percentage!r}.")
+    return min(max(0, int(percentage)), 100)
+
+
+# The last percentage each download showed, per process: update_percentage is
+# called once per row, so it must decide without asking the cache.
+_shown = {}
+_SHOWN_LIMIT = 4096
+
+
+def update_percentage(download_key, total, cur, resolution=10):
+    """Report that row ``cur`` (0-based) of ``total`` is done.
+
+    The shown value moves in steps of ``100 / resolution`` percent (resolution
+    is capped to 1..100) and is written only when it changes; it stops at 99
+    until the file is saved.
+    """
+    if total <= 0:
+        return
+    resolution = min(max(1, int(resolution)), 100)
+    step = min((cur + 1) * resolution // total, resolution)
+    percentage = min(step * 100 // resolution, 99)
+    if _shown.get(download_key) == percentage:
+        return
+    if len(_shown) >= _SHOWN_LIMIT:
+        _shown.clear()
+    _shown[download_key] = percentage
+    set_percentage(download_key, percentage)
+
+
+def cleanup_collection(collection_key):
+    """Drop the keys of expired downloads from a collection, keeping its timeout."""
+    keys = store.get_cache().get(collection_key) or []
+    live = set(store.get_cache().get_many(keys))
+    gone = set(keys) - live
+    if gone:
+        store.remove_from_collection(collection_key, gone)
+
+
+def clear_download(download_key, user=None):
+    """Delete a download's record and file. With ``user``, only if it is theirs.
+
+    Returns True if something was cleared.
+    """
+    record = get_download(download_key) if user is None else get_user_download(user, download_key)
+    if record is None:
+        return False
+    collection_key = settings.COLLECTION_KEY_FORMAT.format(record["user_id"])
+    removed = store.delete(download_key, collection_key)
+    _shown.pop(download_key, None)
+    files.delete_download_files((removed or record)["filepath"])
+    events.download_changed(removed or record, events.CLEARED)
+    return True

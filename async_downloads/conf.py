@@ -1,0 +1,35 @@
+"""Settings of the app, read on every access so ``override_settings`` works."""
+
+from django.conf import settings as django_settings
+
+DEFAULTS = {
+    "TIMEOUT": 60 * 60 * 24,
+    "DOWNLOAD_TEMPLATE": "async_downloads/downloads.html",
+    "PATH_PREFIX": "downloads",
+    "COLLECTION_KEY_FORMAT": "async_downloads/{}",
+    "WS_CHANNEL_NAME": "downloads",
+    "CACHE_NAME": "default",
+    "WS_MODE": False,
+    "CSS_CLASS": None,
+    "IN_MEMORY_MAX_SIZE_BYTES": 10 * 1024 * 1024,
+    "STORAGE": "default",
+    "SENDFILE": None,
+    "SENDFILE_ROOT": "",
+    "SENDFILE_URL": "",
+    "REDIRECT_TO_STORAGE_URL": None,
+    "STALL_TIMEOUT": 15 * 60,
+    "POLL_INTERVAL": 30,
+    "LOCK_TIMEOUT": 10,
+}
+
+
+class Settings:
+    """``conf.settings.TIMEOUT`` reads ``ASYNC_DOWNLOADS_TIMEOUT`` or its default."""
+
+    def __getattr__(self, name):
+        if name not in DEFAULTS:
+            raise AttributeError(f"Unknown async_downloads setting {name!r}.")
+        return getattr(django_settings, f"ASYNC_DOWNLOADS_{name}", DEFAULTS[name])
+
+
+settings = Settings()

@@ -1,0 +1,109 @@
+"""File names, storage and writing of download files."""
+
+import csv
+import io
+import os
+import posixpath
+import tempfile
+import unicodedata
+
+from django.core.files import File
+from django.core.files.storage import storages
+
+from .conf import settings
+
+MAX_FILENAME_BYTES = 200
+FALLBACK_FILENAME = "download"
+# Names that Windows refuses whatever the extension.
+WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{n}" for p in ("COM", "LPT") for n in range(1, 10)}
+
+
+def get_storage():
+    return storages[settings.STORAGE]
+
+
+def safe_filename(name):
+    """A file name that is safe to store and to send in a header.
+
+    Path separators, control and formatting characters (NUL, newlines,
+    right-to-left marks, zero-width characters) are removed, leading dots
+    dropped, and the name shortened to 200 UTF-8 bytes, keeping its extension.
+    """
+    name = unicodedata.normalize("NFC", str(name))
+    name = "".join(_safe_char(c) for c in name)
+    name = " ".join(name.split()).strip(" .")
+    stem, ext = os.path.splitext(name)
+    if stem.upper() in WINDOWS_RESERVED:
+        stem = f"_{stem}"
+    name = _shorten(stem, ext)
+    return name or FALLBACK_FILENAME
+
+
+def _safe_char(char):
+    if char in "/\\":
+        return "_"
+    if unicodedata.category(char) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}:
+        return "" if char not in "\t\n\r" else " "
+    if char in '<>:"|?*':
+        return "_"
+    return char
+
+
+def _shorten(stem, ext):
+    if len(ext.encode()) > 20:
+        stem, ext = stem + ext, ""
+    budget = MAX_FILENAME_BYTES - len(ext.encode())
+    stem = stem.encode()[:budget].decode(errors="ignore").rstrip(" .")
+    return f"{stem}{ext}" if stem else ""
+
+
+def download_path(download_key, filename):
+    return posixpath.join(settings.PATH_PREFIX, download_key, filename)
+
+
+def write_rows(path, rows, encoding):
+    """Write ``rows`` as CSV to storage through a spooled temporary file."""
+    with tempfile.SpooledTemporaryFile(max_size=settings.IN_MEMORY_MAX_SIZE_BYTES) as raw:
+        text = io.TextIOWrapper(raw, encoding=encoding, newline="")
+        csv.writer(text, lineterminator="\n").writerows(rows)
+        text.flush()
+        raw.seek(0)
+        name = get_storage().save(path, File(raw, name=path))
+        text.detach()
+        return name
+
+
+def write_file(path, file):
+    if hasattr(file, "seek"):
+        file.seek(0)
+    return get_storage().save(path, File(file, name=path))
+
+
+def delete_download_files(path):
+    """Delete a download's file and its folder; a missing one is not an error."""
+    storage = get_storage()
+    if path:
+        storage.delete(path)
+        folder = posixpath.dirname(path)
+        if _is_download_folder(folder):
+            delete_folder(storage, folder)
+
+
+def _is_download_folder(folder):
+    return posixpath.dirname(folder) == settings.PATH_PREFIX.rstrip("/")
+
+
+def delete_folder(storage, folder):
+    """Delete ``folder`` and everything under it, as far as the storage can list it."""
+    try:
+        dirs, files = storage.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for name in files:
+        storage.delete(posixpath.join(folder, name))
+    for name in dirs:
+        delete_folder(storage, posixpath.join(folder, name))
+    try:
+        storage.delete(folder)
+    except OSError:
+        pass

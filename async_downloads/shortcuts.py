@@ -1,0 +1,44 @@
+"""Helpers for the most common case: a CSV export of a queryset, run by a Celery task."""
+
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from .cache import init_download, save_download, update_percentage
+
+__all__ = ["init_generic_csv_download", "queryset_to_csv"]
+
+ITERATOR_CHUNK_SIZE = 2000
+
+
+def queryset_to_csv(download_key, header, queryset, row_function, encoding="utf-8"):
+    """Save ``queryset`` as CSV, one ``row_function(obj)`` per object, after ``header``.
+
+    Rows are streamed from the database with ``.iterator()`` and written through
+    a spooled temporary file, so memory stays bounded whatever the row count.
+    """
+    if not isinstance(queryset, QuerySet):
+        raise ValueError(
+            f"queryset_to_csv needs a QuerySet as its third argument, not {type(queryset).__name__}."
+        )
+    total = queryset.count()
+
+    def rows():
+        yield header
+        for index, obj in enumerate(queryset.iterator(chunk_size=ITERATOR_CHUNK_SIZE)):
+            update_percentage(download_key, total, index)
+            yield row_function(obj)
+
+    save_download(download_key, rows(), encoding=encoding)
+
+
+def init_generic_csv_download(task, user, name, *task_args, **task_kwargs):
+    """Start ``task.delay(download_key, *task_args, **task_kwargs)`` for a new CSV download.
+
+    The file is named after ``name`` and the current time. Returns
+    ``(collection_key, download_key)``.
+    """
+    now = timezone.localtime()
+    filename = f"{name.replace(' ', '_')}_{now:%Y-%m-%d_%H-%M}.csv"
+    collection_key, download_key = init_download(user, filename, f"{name} {now:%Y-%m-%d}")
+    task.delay(download_key, *task_args, **task_kwargs)
+    return collection_key, download_key

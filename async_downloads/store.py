@@ -1,0 +1,126 @@
+"""Download records in the Django cache, changed under a per-key lock.
+
+A record is a dict stored under its download key; a collection is the list of
+a user's download keys (newest first) stored under the collection key, as in
+earlier releases, so code that reads the cache directly keeps working.
+Every read-modify-write happens while holding ``<key>:lock``, taken with the
+cache's atomic ``add``; that is what keeps concurrent web and worker processes
+from losing downloads or bringing a cleared one back.
+"""
+
+import math
+import time
+import uuid
+from contextlib import contextmanager
+
+from django.core.cache import caches
+
+from .conf import settings
+
+
+class LockTimeout(RuntimeError):
+    """The lock of a record could not be taken within ``ASYNC_DOWNLOADS_LOCK_TIMEOUT``."""
+
+
+def get_cache():
+    return caches[settings.CACHE_NAME]
+
+
+@contextmanager
+def locked(key):
+    cache = get_cache()
+    lock_key = f"{key}:lock"
+    token = uuid.uuid4().hex
+    timeout = settings.LOCK_TIMEOUT
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while not cache.add(lock_key, token, timeout):
+        if time.monotonic() > deadline:
+            raise LockTimeout(f"Could not lock {key!r} within {timeout} s.")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    try:
+        yield cache
+    finally:
+        if cache.get(lock_key) == token:
+            cache.delete(lock_key)
+
+
+def seconds_left(expires):
+    """Cache timeout for something that must live until the epoch time ``expires``."""
+    return max(1, math.ceil(expires - time.time()))
+
+
+def read(key):
+    return get_cache().get(key)
+
+
+def read_many(keys):
+    found = get_cache().get_many(keys)
+    return [found[key] for key in keys if key in found]
+
+
+def write(cache, record):
+    cache.set(record["key"], record, seconds_left(record["expires"]))
+
+
+def create(record, collection_key):
+    """Store a new record and put its key first in its collection."""
+    with locked(collection_key) as cache:
+        write(cache, record)
+        keys = cache.get(collection_key) or []
+        keys = [record["key"], *keys]
+        _write_collection(cache, collection_key, keys, record["expires"])
+
+
+def update(key, change):
+    """Apply ``change(record)`` under the record's lock and store the result.
+
+    ``change`` returns False to leave the record as it was. A missing record
+    (cleared or expired) stays missing. Returns the stored record, or None.
+    """
+    with locked(key) as cache:
+        record = cache.get(key)
+        if record is None or change(record) is False:
+            return None
+        record["updated"] = time.time()
+        write(cache, record)
+        return record
+
+
+def delete(key, collection_key):
+    """Remove a record and its key from its collection; return the removed record."""
+    with locked(key) as cache:
+        record = cache.get(key)
+        cache.delete(key)
+    remove_from_collection(collection_key, {key})
+    return record
+
+
+def extend_collection(collection_key, expires):
+    """Make sure the collection lives at least until ``expires``."""
+    with locked(collection_key) as cache:
+        keys = cache.get(collection_key)
+        if keys:
+            _write_collection(cache, collection_key, keys, expires)
+
+
+def remove_from_collection(collection_key, gone):
+    with locked(collection_key) as cache:
+        keys = cache.get(collection_key) or []
+        kept = [key for key in keys if key not in gone]
+        if len(kept) == len(keys):
+            return keys
+        _write_collection(cache, collection_key, kept, None)
+        return kept
+
+
+def _write_collection(cache, collection_key, keys, expires):
+    """Store ``keys`` so that the collection outlives every record in it."""
+    records = cache.get_many(keys)
+    latest = max([r["expires"] for r in records.values()] + [expires or 0])
+    live = [key for key in keys if key in records]
+    if live:
+        cache.set(collection_key, live, seconds_left(latest))
+    else:
+        cache.delete(collection_key)

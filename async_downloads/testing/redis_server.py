@@ -1,0 +1,102 @@
+"""A Redis server for tests and the demo: the one at ``REDIS_URL`` if it answers, else a private one.
+
+``python -m async_downloads.testing.redis_server COMMAND...`` runs COMMAND with
+``REDIS_URL`` set to a Redis that answers, starting ``redis-server`` on a free
+port for the duration when none does.
+"""
+
+import atexit
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import redis
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+def answers(url, timeout=0.5):
+    try:
+        return redis.Redis.from_url(url, socket_connect_timeout=timeout).ping()
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+        return False
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_private_server(port=None, wait=10.0):
+    """Start ``redis-server`` on a free port; return ``(url, process)``."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(
+            "No Redis answers and redis-server is not installed. "
+            "Install it (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) "
+            "or set REDIS_URL to a Redis you can use."
+        )
+    port = port or free_port()
+    workdir = tempfile.mkdtemp(prefix="async-downloads-redis-")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + wait
+    while not answers(url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"redis-server did not start on port {port}.")
+        time.sleep(0.05)
+    return url, process
+
+
+def ensure(env_var="REDIS_URL"):
+    """URL of a Redis that answers; a private server is started (and stopped at exit) if needed.
+
+    The URL is put into ``os.environ[env_var]`` so that child processes use the same server.
+    """
+    url = os.environ.get(env_var) or DEFAULT_URL
+    if answers(url):
+        os.environ[env_var] = url
+        return url
+    url, process = start_private_server()
+    atexit.register(_stop, process)
+    os.environ[env_var] = url
+    return url
+
+
+def _stop(process):
+    process.terminate()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def main(argv):
+    """``python -m async_downloads.testing.redis_server COMMAND...``: run COMMAND with REDIS_URL set."""
+    if not argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    url = ensure()
+    print(f"Redis: {url}", file=sys.stderr, flush=True)
+    child = subprocess.Popen(argv)
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the child too (same process group): wait for it to stop.
+            continue
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,11 @@
+from django.urls import path
+
+from . import views
+
+app_name = "async_downloads"
+
+urlpatterns = [
+    path("download/<str:download_key>/", views.download, name="download"),
+    path("ajax_update/", views.ajax_update, name="ajax_update"),
+    path("ajax_clear_download/", views.ajax_clear_download, name="ajax_clear_download"),
+]

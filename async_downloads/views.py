@@ -1,0 +1,110 @@
+import posixpath
+
+from django.contrib.auth.decorators import login_required
+from django.core.serializers.json import DjangoJSONEncoder
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.template.loader import render_to_string
+from django.utils.http import content_disposition_header
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
+
+from . import cache, files
+from .conf import settings
+
+SENDFILE_HEADERS = {"x-accel-redirect": "X-Accel-Redirect", "x-sendfile": "X-Sendfile"}
+
+
+def _owned_download(request, download_key):
+    record = cache.get_user_download(request.user, download_key)
+    if record is None:
+        raise Http404("No such download.")
+    return record
+
+
+@never_cache
+@login_required
+@require_GET
+def download(request, download_key):
+    """Send the finished file of one of the user's own downloads."""
+    record = _owned_download(request, download_key)
+    if record["state"] != cache.COMPLETE:
+        raise Http404("This download has no file.")
+    storage = files.get_storage()
+    if settings.SENDFILE:
+        return _sendfile_response(storage, record)
+    if _redirects_to_storage(storage):
+        return HttpResponseRedirect(storage.url(record["filepath"]))
+    try:
+        handle = storage.open(record["filepath"], "rb")
+    except FileNotFoundError:
+        raise Http404("The file of this download is gone.") from None
+    return FileResponse(handle, as_attachment=True, filename=record["filename"])
+
+
+def _redirects_to_storage(storage):
+    if settings.REDIRECT_TO_STORAGE_URL is not None:
+        return settings.REDIRECT_TO_STORAGE_URL
+    try:
+        storage.path("")
+    except NotImplementedError:
+        return True
+    return False
+
+
+def _sendfile_response(storage, record):
+    mode = settings.SENDFILE.lower()
+    if mode == "x-accel-redirect":
+        target = posixpath.join(settings.SENDFILE_URL or "/", record["filepath"])
+    else:
+        target = storage.path(record["filepath"])
+    response = HttpResponse(content_type="application/octet-stream")
+    response[SENDFILE_HEADERS[mode]] = target
+    response["Content-Disposition"] = content_disposition_header(True, record["filename"])
+    return response
+
+
+# The endpoints of earlier releases, kept for sites still running the old polling script.
+
+
+@never_cache
+@login_required
+@require_GET
+def ajax_update(request):
+    downloads = cache.get_downloads(request.user)
+    html = render_to_string(settings.DOWNLOAD_TEMPLATE, {"downloads": downloads}, request=request)
+    return JsonResponse(
+        {
+            "html": html,
+            "downloads": [_legacy_fields(record) for record in downloads],
+            "in_progress": any(not record["complete"] for record in downloads),
+        },
+        encoder=DjangoJSONEncoder,
+    )
+
+
+LEGACY_FIELDS = ("timestamp", "filepath", "name", "complete", "errors", "percentage", "css_class", "url")
+
+
+def _legacy_fields(record):
+    fields = {name: record[name] for name in LEGACY_FIELDS}
+    fields["download_key"] = record["key"]
+    return fields
+
+
+@login_required
+@require_POST
+def ajax_clear_download(request):
+    """Clear by ``download_key``, or by the ``filepath`` that earlier releases sent.
+
+    Only the download key is taken from a path, and only the user's own
+    download is cleared; the path itself is never used.
+    """
+    key = request.POST.get("download_key") or _key_from_path(request.POST.get("filepath", ""))
+    if not cache.clear_download(key, user=request.user):
+        raise Http404("No such download.")
+    return HttpResponse("")
+
+
+def _key_from_path(path):
+    parts = [part for part in path.replace("\\", "/").split("/") if part]
+    return parts[-2] if len(parts) >= 2 else ""

@@ -1,0 +1,81 @@
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import redis
+from django.conf import settings
+
+from tests.processes import child_env, stop
+
+
+
+def _prefixed_keys(client):
+    return list(client.scan_iter(match=f"*adtest-{settings.RUN_ID}*", count=1000))
+
+
+@pytest.fixture(scope="session")
+def redis_client():
+    return redis.Redis.from_url(settings.REDIS_DB_URL)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(redis_client):
+    """Each test starts with none of this run's cache keys (user pks repeat across tests)."""
+    yield
+    keys = [k for k in _prefixed_keys(redis_client) if b"celery" not in k and b"kombu" not in k]
+    if keys:
+        redis_client.delete(*keys)
+
+
+@pytest.fixture
+def media(settings, tmp_path):
+    """A storage folder of this test's own."""
+    location = tmp_path / "media"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(location)},
+        },
+    }
+    return location
+
+
+def pytest_sessionfinish(session, exitstatus):
+    client = redis.Redis.from_url(settings.REDIS_DB_URL)
+    keys = _prefixed_keys(client)
+    if keys:
+        client.delete(*keys)
+    if os.environ.get("ASYNC_DOWNLOADS_TEST_DIR", "").startswith("/tmp/async-downloads-test-"):
+        shutil.rmtree(os.environ["ASYNC_DOWNLOADS_TEST_DIR"], ignore_errors=True)
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user("alice", password="alice-pw")
+
+
+@pytest.fixture
+def bob(django_user_model):
+    return django_user_model.objects.create_user("bob+test@example.com", password="bob-pw")
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker):
+    """A real Celery worker process, sharing this run's Redis, queue and test database."""
+    from tests.celery_app import app
+    from tests.testapp.tasks import ping
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "--pool", "solo",
+         "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        env=child_env(),
+    )
+    try:
+        ping.delay().get(timeout=60)
+        yield process
+    finally:
+        stop(process)
+        app.pool.force_close_all()

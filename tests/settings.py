@@ -1,0 +1,107 @@
+"""Settings of the test suite: a real Redis, with keys and channels of this run only."""
+
+import os
+import tempfile
+import uuid
+
+from async_downloads.testing import redis_server
+
+REDIS_URL = redis_server.ensure()
+# Every process of one test run (pytest, workers, web servers) shares one prefix.
+RUN_ID = os.environ.setdefault("ASYNC_DOWNLOADS_TEST_RUN", uuid.uuid4().hex[:12])
+# A db of its own, for Celery's keys; the cache keys carry the run's prefix as well.
+REDIS_DB_URL = REDIS_URL.rsplit("/", 1)[0] + "/13"
+WORK_DIR = os.environ.setdefault(
+    "ASYNC_DOWNLOADS_TEST_DIR", tempfile.mkdtemp(prefix=f"async-downloads-test-{RUN_ID}-")
+)
+
+SECRET_KEY = "tests-only"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+USE_TZ = True
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.staticfiles",
+    "django_eventstream",
+    "async_downloads",
+    "tests.testapp",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+            ]
+        },
+    }
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.path.join(WORK_DIR, "db.sqlite3"),
+        # A file, not memory, so that worker and server processes see the test data.
+        "TEST": {"NAME": os.path.join(WORK_DIR, "test-db.sqlite3")},
+    }
+}
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_DB_URL,
+        "KEY_PREFIX": f"adtest-{RUN_ID}",
+    },
+    "other": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_DB_URL,
+        "KEY_PREFIX": f"adtest-{RUN_ID}-other",
+    },
+}
+
+STORAGES = {
+    "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": os.path.join(WORK_DIR, "media")},
+    },
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+STATIC_URL = "/static/"
+MEDIA_URL = "/media/"
+LOGIN_URL = "/login/"
+
+CELERY_BROKER_URL = REDIS_DB_URL
+CELERY_RESULT_BACKEND = REDIS_DB_URL
+CELERY_TASK_DEFAULT_QUEUE = f"adtest-{RUN_ID}"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    "loggers": {"async_downloads": {"handlers": ["null"], "propagate": True}},
+}
+
+if os.environ.get("ASYNC_DOWNLOADS_TEST_CHILD"):
+    # Worker and server processes started by a test use the database that pytest made.
+    DATABASES["default"]["NAME"] = DATABASES["default"]["TEST"]["NAME"]
