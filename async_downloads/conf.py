@@ -18,8 +18,11 @@ DEFAULTS = {
     "SENDFILE_URL": "",
     "REDIRECT_TO_STORAGE_URL": None,
     "STALL_TIMEOUT": 15 * 60,
-    "POLL_INTERVAL": 30,
+    "IDLE_POLL_INTERVAL": 30,
     "LOCK_TIMEOUT": 10,
+    "EVENT_TTL": 15 * 60,
+    "TRANSPORT": "sse",
+    "POLL_INTERVAL": 2,
 }
 
 

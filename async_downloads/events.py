@@ -1,6 +1,14 @@
-"""The one publish step: every change of a download goes through ``download_changed``."""
+"""The one publish step: every change of a download goes through ``download_changed``.
+
+It renders what the user's pages need and hands it to the transport (SSE by
+default, Channels in WS mode). A failure is logged and never reaches the
+task; the user is then brought up to date with a full message as soon as the
+transport works again, since the record in the cache stays the truth.
+"""
 
 import logging
+import threading
+import time
 
 from django.dispatch import Signal
 
@@ -18,10 +26,68 @@ CREATED, UPDATED, COMPLETED, FAILED, CLEARED, CANCELLED = (
 #: Sent after a download's record changed, with ``record`` and ``kind``.
 download_changed_signal = Signal()
 
+RESYNC_INTERVAL = 1.0
+
 
 def download_changed(record, kind):
-    """Tell the user's pages about a change. Never raises: the record is the truth."""
+    """Tell the user's pages about a change. Never raises."""
     try:
         download_changed_signal.send(sender=None, record=record, kind=kind)
     except Exception:
-        logger.exception("Publishing %s of download %s failed.", kind, record.get("key"))
+        logger.exception("A download_changed receiver failed for %s.", record.get("key"))
+    pk = record["user_id"]
+    if pk in _resync.pending:
+        return  # a full update is already on its way
+    try:
+        publish(pk, record, kind)
+    except Exception:
+        logger.warning("Publishing %s of download %s failed; will resend.", kind, record.get("key"), exc_info=True)
+        _resync.add(pk)
+
+
+def publish(pk, record=None, kind=None):
+    from . import partials
+
+    html = partials.render_message(pk, record, kind)
+    _transport_send(partials.transport(), pk, html)
+
+
+def _transport_send(name, pk, html):
+    if name == "sse":
+        from . import sse
+
+        sse.send(pk, html)
+
+
+class _Resync:
+    """Users whose pages missed an update; a daemon thread resends their whole centre."""
+
+    def __init__(self):
+        self.pending = set()
+        self.lock = threading.Lock()
+        self.thread = None
+
+    def add(self, pk):
+        with self.lock:
+            self.pending.add(pk)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self.run, name="async-downloads-resync", daemon=True)
+                self.thread.start()
+
+    def run(self):
+        while True:
+            time.sleep(RESYNC_INTERVAL)
+            for pk in list(self.pending):
+                try:
+                    publish(pk)
+                except Exception:
+                    break  # still failing: wait and try again
+                with self.lock:
+                    self.pending.discard(pk)
+            with self.lock:
+                if not self.pending:
+                    self.thread = None
+                    return
+
+
+_resync = _Resync()

@@ -1,10 +1,13 @@
 from django.urls import path
 
-from . import views
+from . import sse, views
 
 app_name = "async_downloads"
 
 urlpatterns = [
+    path("", views.centre, name="centre"),
+    path("events/", sse.events, name="events"),
+    path("clear/<str:download_key>/", views.clear, name="clear"),
     path("download/<str:download_key>/", views.download, name="download"),
     path("ajax_update/", views.ajax_update, name="ajax_update"),
     path("ajax_clear_download/", views.ajax_clear_download, name="ajax_clear_download"),

@@ -7,8 +7,9 @@ from django.template.loader import render_to_string
 from django.utils.http import content_disposition_header
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseStopPolling
 
-from . import cache, files
+from . import cache, files, partials
 from .conf import settings
 
 SENDFILE_HEADERS = {"x-accel-redirect": "X-Accel-Redirect", "x-sendfile": "X-Sendfile"}
@@ -61,6 +62,35 @@ def _sendfile_response(storage, record):
     response[SENDFILE_HEADERS[mode]] = target
     response["Content-Disposition"] = content_disposition_header(True, record["filename"])
     return response
+
+
+@never_cache
+@login_required
+@require_GET
+def centre(request):
+    """The centre's swappable part, for htmx polls.
+
+    ``?idle=1`` comes from an idle centre: 204 (nothing to do) until a download
+    is in progress. Otherwise (the polling transport) the centre is returned,
+    with status 286 to end the polling once nothing is in progress.
+    """
+    downloads = cache.get_downloads(request.user)
+    busy = any(d["state"] not in cache.FINISHED for d in downloads)
+    if request.GET.get("idle") and not busy:
+        return HttpResponse(status=204)
+    html = partials.render_centre(request.user.pk, downloads)
+    if busy or request.GET.get("idle") or not request.htmx:
+        return HttpResponse(html)
+    return HttpResponseStopPolling(html)
+
+
+@login_required
+@require_POST
+def clear(request, download_key):
+    """Clear one of the user's own downloads (record and file)."""
+    if not cache.clear_download(download_key, user=request.user):
+        raise Http404("No such download.")
+    return HttpResponse("")
 
 
 # The endpoints of earlier releases, kept for sites still running the old polling script.

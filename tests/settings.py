@@ -19,6 +19,7 @@ SECRET_KEY = "tests-only"
 DEBUG = False
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True
+TIME_ZONE = "UTC"
 ROOT_URLCONF = "tests.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 
@@ -27,6 +28,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.staticfiles",
+    "django_htmx",
     "django_eventstream",
     "async_downloads",
     "tests.testapp",
@@ -92,6 +94,14 @@ CELERY_BROKER_URL = REDIS_DB_URL
 CELERY_RESULT_BACKEND = REDIS_DB_URL
 CELERY_TASK_DEFAULT_QUEUE = f"adtest-{RUN_ID}"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+_redis = redis_server.connection_kwargs(REDIS_DB_URL)
+EVENTSTREAM_REDIS = _redis
+EVENTSTREAM_STORAGE_CLASS = "async_downloads.sse.EventStorage"
+EVENTSTREAM_STORAGE_CONNECTION = _redis
+EVENTSTREAM_CHANNELMANAGER_CLASS = "async_downloads.sse.ChannelManager"
+# Pub/sub ignores the db number: the channel prefix keeps this run's events apart.
+ASYNC_DOWNLOADS_WS_CHANNEL_NAME = f"adtest-{RUN_ID}"
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

@@ -26,6 +26,12 @@ def answers(url, timeout=0.5):
         return False
 
 
+def connection_kwargs(url):
+    """``redis.Redis(**kwargs)`` arguments for ``url``, as django-eventstream's settings want them."""
+    kwargs = redis.connection.parse_url(url)
+    return {key: kwargs[key] for key in ("host", "port", "db", "password", "username") if kwargs.get(key) is not None}
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

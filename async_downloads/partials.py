@@ -1,0 +1,83 @@
+"""The partial templates: the centre, the list, one row, and the messages pushed to pages.
+
+Everything here renders without a request (a Celery worker has none), so the
+context is built explicitly and never holds a CSRF token.
+"""
+
+from urllib.parse import urlencode
+
+from django.template.loader import render_to_string
+from django.urls import reverse
+
+from . import cache
+from .conf import settings
+
+CENTRE = "async_downloads/download_centre.html"
+CENTRE_BODY = "async_downloads/centre.html"
+ROW = "async_downloads/download.html"
+INDICATOR = "async_downloads/indicator.html"
+STATUS = "async_downloads/status.html"
+TRANSPORTS = ("sse", "poll", "ws")
+
+
+def transport():
+    if settings.WS_MODE:
+        return "ws"
+    name = str(settings.TRANSPORT).lower()
+    if name not in TRANSPORTS:
+        raise ValueError(f"ASYNC_DOWNLOADS_TRANSPORT is {name!r}; use one of {TRANSPORTS!r}.")
+    return name
+
+
+def centre_context(pk, downloads=None, preserve=False):
+    if downloads is None:
+        downloads = cache.get_downloads_for_pk(pk)
+    in_progress = sum(1 for d in downloads if d["state"] not in cache.FINISHED)
+    context = {
+        "downloads": downloads,
+        "in_progress": in_progress,
+        "transport": transport(),
+        "css_class": settings.CSS_CLASS,
+        "download_template": settings.DOWNLOAD_TEMPLATE,
+        "centre_url": reverse("async_downloads:centre"),
+        "poll_interval": settings.POLL_INTERVAL,
+        "idle_poll_interval": settings.IDLE_POLL_INTERVAL,
+        "preserve": preserve,
+        "events_url": "",
+    }
+    if in_progress and context["transport"] == "sse":
+        context["events_url"] = events_url(pk)
+    return context
+
+
+def events_url(pk):
+    from . import sse
+
+    last_id = sse.current_event_id(pk)
+    query = f"?{urlencode({'lastEventId': last_id})}" if last_id else ""
+    return reverse("async_downloads:events") + query
+
+
+def render_centre(pk, downloads=None):
+    """The swappable part of the centre (``#async-downloads``), as a view returns it."""
+    return render_to_string(CENTRE_BODY, {"centre": centre_context(pk, downloads)})
+
+
+def render_row(record, oob=False):
+    return render_to_string(ROW, {"download": record, "oob": oob, "css_class": settings.CSS_CLASS})
+
+
+def render_message(pk, record=None, kind=None):
+    """The HTML pushed to a user's pages after ``kind`` happened to ``record``.
+
+    Progress replaces one row. Anything else brings the whole centre up to
+    date, and, when nothing is left in progress, swaps in the idle centre,
+    which closes the stream. Every message replaces elements by id, so a
+    replayed or repeated message does no harm.
+    """
+    from .events import UPDATED
+
+    if kind == UPDATED:
+        return render_row(record, oob=True)
+    context = {"centre": centre_context(pk), "announce": record if kind else None}
+    return render_to_string("async_downloads/message.html", context)

@@ -1,0 +1,163 @@
+"""Server-Sent Events through django-eventstream: channels, access, storage and delivery.
+
+Each user has one channel, derived from their primary key, the
+``ASYNC_DOWNLOADS_WS_CHANNEL_NAME`` prefix and the site's ``SECRET_KEY``, so
+that sites sharing one Redis never read each other's events. The channel is
+taken from ``request.user`` only.
+"""
+
+import asyncio
+import logging
+import re
+
+from asgiref.sync import sync_to_async
+from django.http import HttpResponseForbidden
+from django.utils.crypto import salted_hmac
+from django_eventstream.channelmanager import DefaultChannelManager
+from django_eventstream.storage import RedisStorage
+
+from .conf import settings
+
+logger = logging.getLogger(__name__)
+
+EVENT = "downloads"
+RETRY_DELAYS = (0.2, 0.5, 1, 2, 3)
+
+
+def channel_prefix():
+    return re.sub(r"[^A-Za-z0-9_-]", "_", str(settings.WS_CHANNEL_NAME)) + "-"
+
+
+def channel_for(pk):
+    digest = salted_hmac("async_downloads.channel", str(pk)).hexdigest()[:20]
+    return f"{channel_prefix()}{pk}-{digest}"
+
+
+def send(pk, html):
+    from django_eventstream import send_event
+
+    send_event(channel_for(pk), EVENT, html, json_encode=False)
+
+
+def current_event_id(pk):
+    """``lastEventId`` for a page rendered now: replay starts after the newest stored event."""
+    from django_eventstream.utils import get_storage, make_id
+
+    storage = get_storage()
+    if storage is None:
+        return ""
+    channel = channel_for(pk)
+    try:
+        return make_id({channel: storage.get_current_id(channel)})
+    except Exception:
+        logger.warning("Could not read the current event id of %s.", channel, exc_info=True)
+        return ""
+
+
+class ChannelManager(DefaultChannelManager):
+    """Download channels are readable by their own user only; other channels as by default."""
+
+    def get_channels_for_request(self, request, view_kwargs):
+        if view_kwargs.get("async_downloads"):
+            return {channel_for(request.user.pk)} if request.user.is_authenticated else set()
+        return super().get_channels_for_request(request, view_kwargs)
+
+    def can_read_channel(self, user, channel):
+        if not channel.startswith(channel_prefix()):
+            return super().can_read_channel(user, channel)
+        return user is not None and user.is_authenticated and channel == channel_for(user.pk)
+
+
+class EventStorage(RedisStorage):
+    """django-eventstream's RedisStorage with keys under our prefix and a short life.
+
+    Stored events serve clients that reconnect; ``ASYNC_DOWNLOADS_EVENT_TTL``
+    seconds (default 15 minutes) is enough for that and keeps Redis small.
+    """
+
+    def append_event(self, channel, event_type, data):
+        event = super().append_event(channel, event_type, data)
+        ttl = settings.EVENT_TTL
+        with self.redis.pipeline() as pipe:
+            pipe.expire(f"event:{channel}:{event.id}", ttl)
+            pipe.expire(f"event_counter:{channel}", max(ttl, 24 * 60 * 60))
+            pipe.execute()
+        return event
+
+
+async def events(request):
+    """The user's event stream (``async_downloads:events``)."""
+    user = await request.auser()
+    if not user.is_authenticated:
+        return HttpResponseForbidden("Sign in to receive download events.")
+    ensure_listener()
+    from django_eventstream.views import events as eventstream_events
+
+    return await sync_to_async(eventstream_events)(request, async_downloads=True)
+
+
+_supervisors = {}
+
+
+def ensure_listener():
+    """Run django-eventstream's Redis listener under a supervisor that restarts it.
+
+    django-eventstream starts its listener once per process and never again
+    once Redis has gone away; this one reconnects with backoff and then makes
+    every open stream re-read what it missed from the event storage.
+    """
+    from django.conf import settings as django_settings
+    from django_eventstream.views import get_listener_manager
+
+    if not hasattr(django_settings, "EVENTSTREAM_REDIS"):
+        return
+    loop = asyncio.get_running_loop()
+    manager = get_listener_manager()
+    with manager.lock:
+        manager.redis_listener_started = True
+        if loop in _supervisors and not _supervisors[loop].done():
+            return
+        _supervisors[loop] = loop.create_task(_supervise(manager))
+
+
+async def _supervise(manager):
+    from django_eventstream.views import RedisListener
+
+    attempt = 0
+    while True:
+        listener = RedisListener()
+        manager.redis_listener = listener
+        try:
+            await listener.pubsub.subscribe("events_channel")
+            if attempt:
+                logger.info("Event listener reconnected to Redis.")
+                _resync_streams(manager)
+            attempt = 0
+            await listener.listen()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if attempt == 0:
+                logger.warning("Event listener lost Redis; reconnecting.", exc_info=True)
+        finally:
+            await _close(listener)
+        delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+        attempt += 1
+        await asyncio.sleep(delay)
+
+
+async def _close(listener):
+    try:
+        await listener.pubsub.aclose()
+        await listener.redis_client.aclose()
+    except Exception:
+        pass
+
+
+def _resync_streams(manager):
+    """Wake every open stream as if it had overflowed: it re-reads the storage from its last id."""
+    with manager.lock:
+        listeners = {listener for group in manager.listeners_by_channel.values() for listener in group}
+        for listener in listeners:
+            listener.overflow = True
+            listener.wake_threadsafe()

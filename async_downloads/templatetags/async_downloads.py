@@ -1,0 +1,40 @@
+from django import template
+from django.templatetags.static import static
+from django.utils.html import format_html
+from django_htmx.jinja import htmx_script
+
+from async_downloads import partials
+
+register = template.Library()
+
+EXTENSIONS = {"sse": ["hx-sse"], "ws": ["hx-ws"], "poll": []}
+
+
+@register.simple_tag(takes_context=True)
+def async_downloads_head(context):
+    """The stylesheet, htmx 2 and the extension the transport needs, all from static files."""
+    css = format_html('<link rel="stylesheet" href="{}">', static("async_downloads/async_downloads.css"))
+    scripts = htmx_script(
+        version=2, extensions=EXTENSIONS[partials.transport()], nonce=context.get("csp_nonce")
+    )
+    return css + scripts
+
+
+@register.simple_tag(takes_context=True)
+def download_centre_context(context):
+    """The context of the download centre for the signed-in user, or '' for anyone else."""
+    user = _user(context)
+    if user is None or not user.is_authenticated:
+        return ""
+    return partials.centre_context(user.pk, preserve=True)
+
+
+@register.inclusion_tag("async_downloads/download_centre.html", takes_context=True)
+def download_centre(context):
+    """The download centre: a button with an in-progress indicator and the panel of downloads."""
+    return {"centre": download_centre_context(context), "csp_nonce": context.get("csp_nonce")}
+
+
+def _user(context):
+    request = context.get("request")
+    return getattr(request, "user", None) or context.get("user")
