@@ -97,7 +97,10 @@ def get_user_download(user, download_key):
 
 def get_downloads(user):
     """The records of a user's downloads, newest first."""
-    pk = user_pk(user)
+    return get_downloads_for_pk(user_pk(user))
+
+
+def get_downloads_for_pk(pk):
     keys = store.get_cache().get(settings.COLLECTION_KEY_FORMAT.format(pk)) or []
     records = [r for r in store.read_many(keys) if r.get("user_id") == pk]
     return sorted(records, key=lambda r: r["created"], reverse=True)
