@@ -7,6 +7,7 @@ taken from ``request.user`` only.
 """
 
 import asyncio
+import json
 import logging
 import re
 
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 EVENT = "downloads"
 RETRY_DELAYS = (0.2, 0.5, 1, 2, 3)
+# An idle channel's event counter outlives its events, so that ids keep growing.
+COUNTER_TTL = 7 * 24 * 60 * 60
 
 
 def channel_prefix():
@@ -69,20 +72,24 @@ class ChannelManager(DefaultChannelManager):
 
 
 class EventStorage(RedisStorage):
-    """django-eventstream's RedisStorage with keys under our prefix and a short life.
+    """django-eventstream's RedisStorage, keeping events for a short time.
 
     Stored events serve clients that reconnect; ``ASYNC_DOWNLOADS_EVENT_TTL``
     seconds (default 15 minutes) is enough for that and keeps Redis small.
+    Key names are RedisStorage's, so its ``get_events`` reads them.
     """
 
     def append_event(self, channel, event_type, data):
-        event = super().append_event(channel, event_type, data)
+        from django_eventstream.event import Event
+
+        counter = f"event_counter:{channel}"
+        event_id = self.redis.incr(counter)
         ttl = settings.EVENT_TTL
         with self.redis.pipeline() as pipe:
-            pipe.expire(f"event:{channel}:{event.id}", ttl)
-            pipe.expire(f"event_counter:{channel}", max(ttl, 24 * 60 * 60))
+            pipe.set(f"event:{channel}:{event_id}", json.dumps({"type": event_type, "data": data}), ex=ttl)
+            pipe.expire(counter, max(ttl, COUNTER_TTL))
             pipe.execute()
-        return event
+        return Event(channel, event_type, data, id=event_id)
 
 
 async def events(request):

@@ -79,3 +79,13 @@ def celery_worker(django_db_setup, django_db_blocker):
     finally:
         stop(process)
         app.pool.force_close_all()
+
+
+@pytest.fixture(scope="session")
+def web_server(django_db_setup, django_db_blocker):
+    """A uvicorn process serving tests.asgi on this run's test database."""
+    from tests.processes import start_uvicorn
+
+    process, url = start_uvicorn()
+    yield url
+    stop(process)

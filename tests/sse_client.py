@@ -1,0 +1,105 @@
+"""Read a real event stream the way a browser's EventSource does."""
+
+import queue
+import threading
+import time
+
+import httpx
+from django.test import Client
+
+
+def session_cookies(user):
+    client = Client()
+    client.force_login(user)
+    return {"sessionid": client.cookies["sessionid"].value}
+
+
+class StreamReader:
+    """Reads ``url`` in a thread and collects the parsed SSE events with their arrival times."""
+
+    def __init__(self, url, cookies=None, headers=None):
+        self.url = url
+        self.cookies = cookies or {}
+        self.headers = headers or {}
+        self.events = queue.Queue()
+        self.status = None
+        self.opened = threading.Event()
+        self.closed = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        if not self.opened.wait(15):
+            raise AssertionError(f"The stream {self.url} did not open.")
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = True
+
+    def _run(self):
+        try:
+            with httpx.Client(cookies=self.cookies, timeout=httpx.Timeout(5, read=60)) as client:
+                with client.stream("GET", self.url, headers=self.headers) as response:
+                    self.status = response.status_code
+                    self.content_type = response.headers.get("content-type", "")
+                    if response.status_code != 200:
+                        self.body = response.read().decode()
+                        self.opened.set()
+                        return
+                    self._parse(response)
+        except httpx.HTTPError:
+            pass
+        finally:
+            self.opened.set()
+            self.closed.set()
+
+    def _parse(self, response):
+        event = {"event": "message", "data": [], "id": None}
+        for line in response.iter_lines():
+            if self._stop:
+                return
+            if line == "":
+                if event["data"] or event["event"] != "message":
+                    event["data"] = "\n".join(event["data"])
+                    event["at"] = time.monotonic()
+                    if event["event"] == "stream-open":
+                        self.opened.set()
+                    self.events.put(event)
+                event = {"event": "message", "data": [], "id": None}
+            elif line.startswith(":"):
+                continue
+            else:
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "data":
+                    event["data"].append(value)
+                elif field in ("event", "id"):
+                    event[field] = value
+
+    def next(self, event_type="downloads", timeout=10):
+        """The next event of ``event_type`` (others are skipped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"No {event_type!r} event within {timeout} s.")
+            try:
+                event = self.events.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if event["event"] == event_type:
+                return event
+
+    def drain(self, event_type="downloads", wait=0.5):
+        """All ``event_type`` events that arrive within ``wait`` seconds."""
+        found = []
+        deadline = time.monotonic() + wait
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                event = self.events.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if event["event"] == event_type:
+                found.append(event)
+        return found

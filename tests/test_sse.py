@@ -1,0 +1,111 @@
+"""The event stream, read from a real uvicorn process."""
+
+import re
+
+import httpx
+import pytest
+
+from async_downloads import cache, partials, sse
+from tests.sse_client import StreamReader, session_cookies
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def events_url(base, user):
+    return base + partials.events_url(user.pk)
+
+
+def test_owner_receives_each_change_as_html(web_server, alice):
+    _, key = cache.init_download(alice, "orders.csv")
+    with StreamReader(events_url(web_server, alice), session_cookies(alice)) as stream:
+        assert stream.content_type.startswith("text/event-stream")
+        cache.set_percentage(key, 40)
+        progress = stream.next()
+        assert f'id="download-{key}"' in progress["data"]
+        assert 'hx-swap-oob="true"' in progress["data"]
+        assert 'aria-valuenow="40"' in progress["data"]
+
+        cache.save_download(key, [["a"], ["b"]])
+        done = stream.next()
+        assert f"/async_downloads/download/{key}/" in done["data"]
+        assert "orders.csv is ready to download." in done["data"]
+
+
+def test_alice_never_receives_bobs_events(web_server, alice, bob):
+    _, alice_key = cache.init_download(alice, "alice.csv")
+    _, bob_key = cache.init_download(bob, "bob.csv")
+    with StreamReader(events_url(web_server, alice), session_cookies(alice)) as stream:
+        cache.set_percentage(bob_key, 50)
+        cache.save_download(bob_key, [["secret"]])
+        cache.set_percentage(alice_key, 10)
+        received = [stream.next()] + stream.drain(wait=1)
+    text = "".join(event["data"] for event in received)
+    assert alice_key in text
+    assert bob_key not in text and "bob.csv" not in text
+
+
+def test_the_channel_comes_from_the_session_not_the_request(web_server, alice, bob):
+    """Asking for bob's channel by query string still streams alice's own."""
+    _, bob_key = cache.init_download(bob, "bob.csv")
+    _, alice_key = cache.init_download(alice, "alice.csv")
+    url = f"{web_server}/async_downloads/events/?channel={sse.channel_for(bob.pk)}"
+    with StreamReader(url, session_cookies(alice)) as stream:
+        cache.set_percentage(bob_key, 70)
+        cache.set_percentage(alice_key, 20)
+        event = stream.next()
+    assert alice_key in event["data"] and bob_key not in event["data"]
+
+
+def test_anonymous_users_get_no_stream(web_server):
+    response = httpx.get(f"{web_server}/async_downloads/events/", timeout=5)
+    assert response.status_code == 403
+    assert "text/event-stream" not in response.headers.get("content-type", "")
+
+
+def test_a_reconnecting_client_gets_what_it_missed(web_server, alice):
+    _, key = cache.init_download(alice, "orders.csv")
+    url = events_url(web_server, alice)  # lastEventId of a page rendered now
+    cache.set_percentage(key, 30)
+    cache.set_percentage(key, 60)
+    with StreamReader(url, session_cookies(alice)) as stream:
+        first, second = stream.next(), stream.next()
+    assert 'aria-valuenow="30"' in first["data"]
+    assert 'aria-valuenow="60"' in second["data"]
+
+
+def test_last_event_id_header_resumes_after_that_event(web_server, alice):
+    _, key = cache.init_download(alice, "orders.csv")
+    url = events_url(web_server, alice)
+    cookies = session_cookies(alice)
+    with StreamReader(url, cookies) as stream:
+        cache.set_percentage(key, 10)
+        seen = stream.next()
+    cache.set_percentage(key, 20)
+    headers = {"Last-Event-ID": seen["id"]}
+    with StreamReader(f"{web_server}/async_downloads/events/", cookies, headers) as stream:
+        missed = stream.next()
+    assert 'aria-valuenow="20"' in missed["data"]
+
+
+def test_finishing_the_last_download_swaps_in_the_idle_centre(web_server, alice):
+    _, key = cache.init_download(alice, "orders.csv")
+    with StreamReader(events_url(web_server, alice), session_cookies(alice)) as stream:
+        cache.set_error(key, "The report service is down.")
+        message = stream.next()["data"]
+    centre = re.search(r'<div id="async-downloads"[^>]*>', message).group(0)
+    assert 'hx-swap-oob="true"' in centre
+    assert "sse-connect" not in centre  # replacing the element closes the stream
+    assert "?idle=1" in centre
+    assert "The report service is down." in message
+    assert "orders.csv failed." in message
+
+
+def test_a_change_while_others_run_updates_list_and_indicator_only(web_server, alice):
+    _, first = cache.init_download(alice, "first.csv")
+    _, second = cache.init_download(alice, "second.csv")
+    with StreamReader(events_url(web_server, alice), session_cookies(alice)) as stream:
+        cache.clear_download(first, user=alice)
+        message = stream.next()["data"]
+    assert '<ul id="async-downloads-list"' in message and 'hx-swap-oob="true"' in message
+    assert first not in message and second in message
+    assert '<div id="async-downloads"' not in message
