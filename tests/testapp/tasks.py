@@ -17,3 +17,16 @@ def export_items(download_key, min_quantity=0):
 @shared_task
 def ping():
     return "pong"
+
+
+@shared_task
+def report_progress(download_key, steps=(25, 50, 75), pause=0.2):
+    """Report each percentage in ``steps``, then save a one-row file."""
+    import time
+
+    from async_downloads.cache import save_download, set_percentage
+
+    for percentage in steps:
+        time.sleep(pause)
+        set_percentage(download_key, percentage)
+    save_download(download_key, [["done"]])
