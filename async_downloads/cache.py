@@ -1,5 +1,6 @@
 """The cache API: what views and tasks call to start, report and finish downloads."""
 
+import decimal
 import logging
 import math
 import numbers
@@ -118,10 +119,18 @@ def save_download(download_key, iterable=None, file=None, encoding="utf-8"):
         path = _write(record, iterable, file, encoding)
     except Exception:
         logger.exception("Saving download %s (%r) failed.", download_key, record["name"])
-        files.delete_download_files(record["filepath"])
         _finish(download_key, ERROR, errors=str(SAVE_FAILED))
+        _discard_files(record["filepath"])
         return
     _complete(download_key, path)
+
+
+def _discard_files(path):
+    """Delete what a failed or cleared download left in storage; failing here is only logged."""
+    try:
+        files.delete_download_files(path)
+    except Exception:
+        logger.exception("Could not delete the files of %r.", path)
 
 
 def _write(record, iterable, file, encoding):
@@ -143,7 +152,7 @@ def _complete(download_key, path):
     record = store.update(download_key, change)
     if record is None:
         # Cleared (or cancelled) while the file was being written: keep no file.
-        files.delete_download_files(path)
+        _discard_files(path)
         return
     store.extend_collection(settings.COLLECTION_KEY_FORMAT.format(record["user_id"]), record["expires"])
     events.download_changed(record, events.COMPLETED)
@@ -197,7 +206,7 @@ def set_percentage(download_key, percentage):
 
 
 def _checked_percentage(percentage):
-    if isinstance(percentage, bool) or not isinstance(percentage, numbers.Real):
+    if isinstance(percentage, bool) or not isinstance(percentage, (numbers.Real, decimal.Decimal)):
         raise ValueError(f"percentage must be a number from 0 to 100, not {percentage!r}.")
     if not math.isfinite(percentage):
         raise ValueError(f"percentage must be a finite number, not {percentage!r}.")
@@ -224,10 +233,10 @@ def update_percentage(download_key, total, cur, resolution=10):
     percentage = min(step * 100 // resolution, 99)
     if _shown.get(download_key) == percentage:
         return
+    set_percentage(download_key, percentage)
     if len(_shown) >= _SHOWN_LIMIT:
         _shown.clear()
     _shown[download_key] = percentage
-    set_percentage(download_key, percentage)
 
 
 def cleanup_collection(collection_key):

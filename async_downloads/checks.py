@@ -40,7 +40,7 @@ def check_cache(app_configs=None, **kwargs):
 
 @register()
 def check_collection_key_format(app_configs=None, **kwargs):
-    if "{}" in str(settings.COLLECTION_KEY_FORMAT):
+    if _formats_one_pk(settings.COLLECTION_KEY_FORMAT):
         return []
     return [
         Error(
@@ -52,6 +52,14 @@ def check_collection_key_format(app_configs=None, **kwargs):
     ]
 
 
+def _formats_one_pk(key_format):
+    """``key_format.format(pk)`` works and gives each user a key of their own."""
+    try:
+        return str(key_format).format(1) != str(key_format).format(2)
+    except (IndexError, KeyError, ValueError, AttributeError):
+        return False
+
+
 @register()
 def check_ws_mode(app_configs=None, **kwargs):
     if not settings.WS_MODE or importlib.util.find_spec("channels") is not None:
@@ -61,5 +69,22 @@ def check_ws_mode(app_configs=None, **kwargs):
             "ASYNC_DOWNLOADS_WS_MODE is on, but Django Channels is not installed.",
             hint="pip install 'django-async-downloads[ws]'",
             id="async_downloads.E003",
+        )
+    ]
+
+
+SENDFILE_MODES = ("x-accel-redirect", "x-sendfile")
+
+
+@register()
+def check_sendfile(app_configs=None, **kwargs):
+    mode = settings.SENDFILE
+    if not mode or str(mode).lower() in SENDFILE_MODES:
+        return []
+    return [
+        Error(
+            f"ASYNC_DOWNLOADS_SENDFILE is {mode!r}; it must be None or one of {SENDFILE_MODES!r}.",
+            hint='Use "x-accel-redirect" for nginx or "x-sendfile" for Apache, or None to send files from Django.',
+            id="async_downloads.E004",
         )
     ]

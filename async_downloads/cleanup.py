@@ -5,7 +5,6 @@ import posixpath
 
 from . import files, store
 from .cache import is_download_key
-from .conf import settings
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +15,7 @@ def cleanup_expired_downloads():
     Folders whose name is not a download key are left alone.
     """
     storage = files.get_storage()
-    prefix = settings.PATH_PREFIX
+    prefix = files.path_prefix()
     try:
         folders, _ = storage.listdir(prefix)
     except (FileNotFoundError, NotADirectoryError):

@@ -1,6 +1,7 @@
 """Settings of the app, read on every access so ``override_settings`` works."""
 
 from django.conf import settings as django_settings
+from django.core.cache import DEFAULT_CACHE_ALIAS
 
 DEFAULTS = {
     "TIMEOUT": 60 * 60 * 24,
@@ -8,10 +9,10 @@ DEFAULTS = {
     "PATH_PREFIX": "downloads",
     "COLLECTION_KEY_FORMAT": "async_downloads/{}",
     "WS_CHANNEL_NAME": "downloads",
-    "CACHE_NAME": "default",
+    "CACHE_NAME": DEFAULT_CACHE_ALIAS,
     "WS_MODE": False,
     "CSS_CLASS": None,
-    "IN_MEMORY_MAX_SIZE_BYTES": 10 * 1024 * 1024,
+    "IN_MEMORY_MAX_SIZE_BYTES": 5 * 1000 * 1000,
     "STORAGE": "default",
     "SENDFILE": None,
     "SENDFILE_ROOT": "",
@@ -33,6 +34,11 @@ class Settings:
         if name not in DEFAULTS:
             raise AttributeError(f"Unknown async_downloads setting {name!r}.")
         return getattr(django_settings, f"ASYNC_DOWNLOADS_{name}", DEFAULTS[name])
+
+    @property
+    def CACHE_NAME(self):
+        # Earlier releases documented "" as "the default cache".
+        return getattr(django_settings, "ASYNC_DOWNLOADS_CACHE_NAME", "") or DEFAULT_CACHE_ALIAS
 
 
 settings = Settings()

@@ -57,8 +57,13 @@ def _shorten(stem, ext):
     return f"{stem}{ext}" if stem else ""
 
 
+def path_prefix():
+    """``ASYNC_DOWNLOADS_PATH_PREFIX`` as a relative folder ("" is the storage's root)."""
+    return str(settings.PATH_PREFIX or "").strip("/")
+
+
 def download_path(download_key, filename):
-    return posixpath.join(settings.PATH_PREFIX, download_key, filename)
+    return posixpath.join(path_prefix(), download_key, filename)
 
 
 def write_rows(path, rows, encoding):
@@ -74,9 +79,14 @@ def write_rows(path, rows, encoding):
 
 
 def write_file(path, file):
-    if hasattr(file, "seek"):
+    if _seekable(file):
         file.seek(0)
     return get_storage().save(path, File(file, name=path))
+
+
+def _seekable(file):
+    seekable = getattr(file, "seekable", None)
+    return seekable() if seekable is not None else hasattr(file, "seek")
 
 
 def delete_download_files(path):
@@ -90,7 +100,7 @@ def delete_download_files(path):
 
 
 def _is_download_folder(folder):
-    return posixpath.dirname(folder) == settings.PATH_PREFIX.rstrip("/")
+    return posixpath.dirname(folder) == path_prefix()
 
 
 def delete_folder(storage, folder):

@@ -13,7 +13,8 @@ from . import cache
 from .conf import settings
 
 CENTRE = "async_downloads/download_centre.html"
-CENTRE_BODY = "async_downloads/centre.html"
+REFRESH = "async_downloads/refresh.html"
+MESSAGE = "async_downloads/message.html"
 ROW = "async_downloads/download.html"
 INDICATOR = "async_downloads/indicator.html"
 STATUS = "async_downloads/status.html"
@@ -58,9 +59,9 @@ def events_url(pk):
     return reverse("async_downloads:events") + query
 
 
-def render_centre(pk, downloads=None):
-    """The swappable part of the centre (``#async-downloads``), as a view returns it."""
-    return render_to_string(CENTRE_BODY, {"centre": centre_context(pk, downloads)})
+def render_refresh(pk, downloads=None):
+    """What a poll of the centre gets: the connection element, the list and the indicator."""
+    return render_to_string(REFRESH, {"centre": centre_context(pk, downloads)})
 
 
 def render_row(record, oob=False):
@@ -70,14 +71,15 @@ def render_row(record, oob=False):
 def render_message(pk, record=None, kind=None):
     """The HTML pushed to a user's pages after ``kind`` happened to ``record``.
 
-    Progress replaces one row. Anything else brings the whole centre up to
-    date, and, when nothing is left in progress, swaps in the idle centre,
-    which closes the stream. Every message replaces elements by id, so a
-    replayed or repeated message does no harm.
+    Progress replaces one row. Anything else replaces the list and the
+    indicator, and, when nothing is left in progress, the connection element
+    too: its idle version has no stream, so swapping it in closes the stream.
+    Every message replaces elements by id, so a replayed or repeated message
+    does no harm.
     """
     from .events import UPDATED
 
     if kind == UPDATED:
         return render_row(record, oob=True)
     context = {"centre": centre_context(pk), "announce": record if kind else None}
-    return render_to_string("async_downloads/message.html", context)
+    return render_to_string(MESSAGE, context)

@@ -37,8 +37,14 @@ def init_generic_csv_download(task, user, name, *task_args, **task_kwargs):
     The file is named after ``name`` and the current time. Returns
     ``(collection_key, download_key)``.
     """
-    now = timezone.localtime()
+    now = _local_now()
     filename = f"{name.replace(' ', '_')}_{now:%Y-%m-%d_%H-%M}.csv"
     collection_key, download_key = init_download(user, filename, f"{name} {now:%Y-%m-%d}")
     task.delay(download_key, *task_args, **task_kwargs)
     return collection_key, download_key
+
+
+def _local_now():
+    now = timezone.now()
+    # With USE_TZ = False, now() is already local (and localtime() would raise).
+    return timezone.localtime(now) if timezone.is_aware(now) else now

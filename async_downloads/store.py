@@ -32,11 +32,13 @@ def locked(key):
     lock_key = f"{key}:lock"
     token = uuid.uuid4().hex
     timeout = settings.LOCK_TIMEOUT
-    deadline = time.monotonic() + timeout
+    # Wait longer than a lock can live, so that the lock of a process that
+    # died while holding it has expired before anyone gives up.
+    deadline = time.monotonic() + 2 * timeout
     delay = 0.001
     while not cache.add(lock_key, token, timeout):
         if time.monotonic() > deadline:
-            raise LockTimeout(f"Could not lock {key!r} within {timeout} s.")
+            raise LockTimeout(f"Could not lock {key!r} within {2 * timeout} s.")
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
     try:
@@ -118,9 +120,11 @@ def remove_from_collection(collection_key, gone):
 def _write_collection(cache, collection_key, keys, expires):
     """Store ``keys`` so that the collection outlives every record in it."""
     records = cache.get_many(keys)
-    latest = max([r["expires"] for r in records.values()] + [expires or 0])
+    latest = max([r.get("expires") or 0 for r in records.values()] + [expires or 0])
     live = [key for key in keys if key in records]
     if live:
-        cache.set(collection_key, live, seconds_left(latest))
+        # Timeouts are whole seconds, rounded up: one more second keeps the
+        # collection from expiring a fraction of a second before its newest record.
+        cache.set(collection_key, live, seconds_left(latest) + 1)
     else:
         cache.delete(collection_key)

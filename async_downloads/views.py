@@ -68,7 +68,7 @@ def _sendfile_response(storage, record):
 @login_required
 @require_GET
 def centre(request):
-    """The centre's swappable part, for htmx polls.
+    """The centre's connection element, list and indicator, for htmx polls.
 
     ``?idle=1`` comes from an idle centre: 204 (nothing to do) until a download
     is in progress. Otherwise (the polling transport) the centre is returned,
@@ -78,7 +78,7 @@ def centre(request):
     busy = any(d["state"] not in cache.FINISHED for d in downloads)
     if request.GET.get("idle") and not busy:
         return HttpResponse(status=204)
-    html = partials.render_centre(request.user.pk, downloads)
+    html = partials.render_refresh(request.user.pk, downloads)
     if busy or request.GET.get("idle") or not request.htmx:
         return HttpResponse(html)
     return HttpResponseStopPolling(html)

@@ -92,7 +92,7 @@ def test_finishing_the_last_download_swaps_in_the_idle_centre(web_server, alice)
     with StreamReader(events_url(web_server, alice), session_cookies(alice)) as stream:
         cache.set_error(key, "The report service is down.")
         message = stream.next()["data"]
-    centre = re.search(r'<div id="async-downloads"[^>]*>', message).group(0)
+    centre = re.search(r'<div id="async-downloads-connection"[^>]*>', message).group(0)
     assert 'hx-swap-oob="true"' in centre
     assert "sse-connect" not in centre  # replacing the element closes the stream
     assert "?idle=1" in centre
@@ -108,4 +108,4 @@ def test_a_change_while_others_run_updates_list_and_indicator_only(web_server, a
         message = stream.next()["data"]
     assert '<ul id="async-downloads-list"' in message and 'hx-swap-oob="true"' in message
     assert first not in message and second in message
-    assert '<div id="async-downloads"' not in message
+    assert "async-downloads-connection" not in message

@@ -1,7 +1,13 @@
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.contrib.staticfiles.views import serve
+from django.urls import include, path, re_path
+
+from tests.testapp import views
 
 urlpatterns = [
+    path("", views.home, name="home"),
+    path("export/", views.start_export, name="start_export"),
     path("login/", auth_views.LoginView.as_view(template_name="testapp/login.html"), name="login"),
     path("async_downloads/", include("async_downloads.urls")),
+    re_path(r"^static/(?P<path>.*)$", serve, {"insecure": True}),
 ]

@@ -30,3 +30,20 @@ def report_progress(download_key, steps=(25, 50, 75), pause=0.2):
         time.sleep(pause)
         set_percentage(download_key, percentage)
     save_download(download_key, [["done"]])
+
+
+@shared_task
+def slow_export(download_key, rows=40, pause=0.05):
+    """A CSV export slow enough to watch its progress bar move."""
+    import time
+
+    from async_downloads.cache import save_download, update_percentage
+
+    def generate():
+        yield ["n", "square"]
+        for n in range(rows):
+            time.sleep(pause)
+            update_percentage(download_key, rows, n)
+            yield [n, n * n]
+
+    save_download(download_key, generate())

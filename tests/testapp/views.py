@@ -1,0 +1,18 @@
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from async_downloads.shortcuts import init_generic_csv_download
+from tests.testapp.tasks import slow_export
+
+
+@login_required
+def home(request):
+    return render(request, "testapp/home.html")
+
+
+@login_required
+@require_POST
+def start_export(request):
+    init_generic_csv_download(slow_export, request.user, "Squares", rows=int(request.POST.get("rows", 40)))
+    return redirect("home")
