@@ -88,3 +88,44 @@ def check_sendfile(app_configs=None, **kwargs):
             id="async_downloads.E004",
         )
     ]
+
+
+@register()
+def check_event_bus(app_configs=None, **kwargs):
+    if settings.WS_MODE or str(settings.TRANSPORT).lower() != "sse":
+        return []
+    if hasattr(django_settings, "EVENTSTREAM_REDIS") or hasattr(django_settings, "GRIP_URL"):
+        return []
+    return [
+        Warning(
+            "The SSE transport has no cross-process event bus: events sent by Celery "
+            "workers will reach no browser.",
+            hint="Set EVENTSTREAM_REDIS (see the README), or ASYNC_DOWNLOADS_TRANSPORT = 'poll'.",
+            id="async_downloads.W002",
+        )
+    ]
+
+
+@register()
+def check_channel_manager(app_configs=None, **kwargs):
+    from django.utils.module_loading import import_string
+
+    if settings.WS_MODE or str(settings.TRANSPORT).lower() != "sse":
+        return []
+    path = getattr(django_settings, "EVENTSTREAM_CHANNELMANAGER_CLASS", "")
+    try:
+        from .sse import ChannelManager
+
+        ok = bool(path) and issubclass(import_string(path), ChannelManager)
+    except ImportError:
+        ok = False
+    if ok:
+        return []
+    return [
+        Warning(
+            f"EVENTSTREAM_CHANNELMANAGER_CLASS is {path or None!r}: without the app's channel "
+            "manager, any signed-in user could read any download channel.",
+            hint='Set EVENTSTREAM_CHANNELMANAGER_CLASS = "async_downloads.sse.ChannelManager" (or a subclass).',
+            id="async_downloads.W003",
+        )
+    ]
