@@ -4,6 +4,7 @@ Everything here renders without a request (a Celery worker has none), so the
 context is built explicitly and never holds a CSRF token.
 """
 
+import hashlib
 from urllib.parse import urlencode
 
 from django.template.loader import render_to_string
@@ -43,12 +44,20 @@ def centre_context(pk, downloads=None, preserve=False):
         "centre_url": reverse("async_downloads:centre"),
         "poll_interval": settings.POLL_INTERVAL,
         "idle_poll_interval": settings.IDLE_POLL_INTERVAL,
+        "version": version(downloads),
         "preserve": preserve,
         "events_url": "",
     }
     if in_progress and context["transport"] == "sse":
         context["events_url"] = events_url(pk)
     return context
+
+
+def version(downloads):
+    """A short digest of which downloads exist and their states: an idle page sends it
+    back with its poll, and gets an update only when it changed."""
+    state = "|".join(f"{d['key']}:{d['state']}" for d in downloads)
+    return hashlib.blake2b(state.encode(), digest_size=6).hexdigest()
 
 
 def events_url(pk):

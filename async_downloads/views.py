@@ -70,16 +70,18 @@ def _sendfile_response(storage, record):
 def centre(request):
     """The centre's connection element, list and indicator, for htmx polls.
 
-    ``?idle=1`` comes from an idle centre: 204 (nothing to do) until a download
-    is in progress. Otherwise (the polling transport) the centre is returned,
-    with status 286 to end the polling once nothing is in progress.
+    ``?idle=<version>`` comes from an idle centre: 204 (nothing to do) while
+    nothing runs and the list is still the one that page shows. Otherwise (the
+    polling transport) the centre is returned, with status 286 to end the
+    polling once nothing is in progress.
     """
     downloads = cache.get_downloads(request.user)
     busy = any(d["state"] not in cache.FINISHED for d in downloads)
-    if request.GET.get("idle") and not busy:
+    idle_version = request.GET.get("idle")
+    if idle_version and not busy and idle_version == partials.version(downloads):
         return HttpResponse(status=204)
     html = partials.render_refresh(request.user.pk, downloads)
-    if busy or request.GET.get("idle") or not request.htmx:
+    if busy or idle_version or not request.htmx:
         return HttpResponse(html)
     return HttpResponseStopPolling(html)
 

@@ -101,6 +101,8 @@ EVENTSTREAM_REDIS = _redis
 EVENTSTREAM_STORAGE_CLASS = "async_downloads.sse.EventStorage"
 EVENTSTREAM_STORAGE_CONNECTION = _redis
 EVENTSTREAM_CHANNELMANAGER_CLASS = "async_downloads.sse.ChannelManager"
+# Idle pages look for new downloads every 3 s here (30 s by default), to keep tests short.
+ASYNC_DOWNLOADS_IDLE_POLL_INTERVAL = 3
 # Pub/sub ignores the db number: the channel prefix keeps this run's events apart.
 ASYNC_DOWNLOADS_WS_CHANNEL_NAME = f"adtest-{RUN_ID}"
 

@@ -38,14 +38,28 @@ class TestCentre:
         assert response.status_code == 200
         assert b"mine.csv" in response.content and b"theirs.csv" not in response.content
 
-    def test_idle_poll_is_204_until_something_runs(self, client_for, alice):
+    def test_idle_poll_is_204_until_the_list_changes(self, client_for, alice):
+        from async_downloads import partials
+
         client = client_for(alice)
-        url = reverse("async_downloads:centre") + "?idle=1"
-        assert client.get(url, HTTP_HX_REQUEST="true").status_code == 204
-        cache.init_download(alice, "new.csv")
-        response = client.get(url, HTTP_HX_REQUEST="true")
+
+        def poll():
+            version = partials.version(cache.get_downloads(alice))
+            return client.get(f"{reverse('async_downloads:centre')}?idle={version}", HTTP_HX_REQUEST="true")
+
+        assert poll().status_code == 204
+        url_before = f"{reverse('async_downloads:centre')}?idle={partials.version([])}"
+        _, key = cache.init_download(alice, "new.csv")
+        response = client.get(url_before, HTTP_HX_REQUEST="true")
         assert response.status_code == 200
         assert b"sse-connect=" in response.content
+        # An export that started and finished between two polls still shows up.
+        cache.save_download(key, [["x"]])
+        response = client.get(url_before, HTTP_HX_REQUEST="true")
+        assert response.status_code == 200
+        assert f"/async_downloads/download/{key}/".encode() in response.content
+        assert b"sse-connect=" not in response.content
+        assert poll().status_code == 204
 
     @pytest.mark.parametrize("transport", ["poll"])
     def test_polling_transport_stops_with_286(self, settings, client_for, alice, transport):

@@ -6,6 +6,7 @@ from tests.testapp import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("other/", views.other, name="other"),
     path("export/", views.start_export, name="start_export"),
     path("login/", auth_views.LoginView.as_view(template_name="testapp/login.html"), name="login"),
     path("async_downloads/", include("async_downloads.urls")),

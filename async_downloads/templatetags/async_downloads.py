@@ -1,6 +1,9 @@
 from django import template
 from django.templatetags.static import static
+from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.timesince import timesince
+from django.utils.translation import gettext
 from django_htmx.jinja import htmx_script
 
 from async_downloads import partials
@@ -38,3 +41,11 @@ def download_centre(context):
 def _user(context):
     request = context.get("request")
     return getattr(request, "user", None) or context.get("user")
+
+
+@register.filter
+def download_age(moment):
+    """"just now" for the first minute, then "5 minutes ago" and so on."""
+    if (timezone.now() - moment).total_seconds() < 60:
+        return gettext("just now")
+    return gettext("%(time)s ago") % {"time": timesince(moment)}

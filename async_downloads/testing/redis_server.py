@@ -54,6 +54,9 @@ def start_private_server(port=None, wait=10.0):
          "--dir", workdir],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # Its own session: a Ctrl-C in the terminal stops the programs using Redis
+        # first; Redis itself is stopped at exit.
+        start_new_session=True,
     )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + wait

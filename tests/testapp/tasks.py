@@ -47,3 +47,22 @@ def slow_export(download_key, rows=40, pause=0.05):
             yield [n, n * n]
 
     save_download(download_key, generate())
+
+
+@shared_task
+def failing_export(download_key, rows=5):
+    """An export whose data source breaks after ``rows`` rows."""
+    from async_downloads.cache import save_download
+
+    def generate():
+        yield from ([n] for n in range(rows))
+        raise ConnectionError("database connection lost (host=db.internal)")
+
+    save_download(download_key, generate())
+
+
+@shared_task
+def report_error(download_key, message):
+    from async_downloads.cache import set_error
+
+    set_error(download_key, message)

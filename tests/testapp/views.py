@@ -8,7 +8,12 @@ from tests.testapp.tasks import slow_export
 
 @login_required
 def home(request):
-    return render(request, "testapp/home.html")
+    return render(request, "testapp/home.html", {"boost": bool(request.GET.get("boost"))})
+
+
+@login_required
+def other(request):
+    return render(request, "testapp/other.html", {"boost": bool(request.GET.get("boost"))})
 
 
 @login_required

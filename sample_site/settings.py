@@ -1,0 +1,136 @@
+"""Settings of the sample site: SQLite, and one Redis for the cache, Celery and the event stream.
+
+Everything that differs between machines comes from the environment:
+``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``; the site uses a db number
+of its own on that server, ``SAMPLE_SITE_REDIS_DB``, default 5),
+``DJANGO_SECRET_KEY`` and ``DJANGO_DEBUG``.
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from async_downloads.testing.redis_server import DEFAULT_URL, connection_kwargs
+
+BASE_DIR = Path(__file__).resolve().parent
+
+
+def redis_db_url(url, db):
+    """``url`` with its db number replaced by ``db``."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+REDIS_URL = redis_db_url(os.environ.get("REDIS_URL") or DEFAULT_URL, os.environ.get("SAMPLE_SITE_REDIS_DB", "5"))
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "sample-site-insecure-key-do-not-use-in-production")
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", *filter(None, os.environ.get("DJANGO_ALLOWED_HOSTS", "").split(","))]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "django_eventstream",
+    "async_downloads",
+    "sample_site.shop",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "sample_site.urls"
+ASGI_APPLICATION = "sample_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": BASE_DIR / "db.sqlite3",
+        # The web process and the Celery worker share the file.
+        "OPTIONS": {"timeout": 20},
+    }
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# Finished downloads are stored here and served by async_downloads' owner-checked view,
+# never as public media URLs.
+MEDIA_ROOT = BASE_DIR / "media"
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "shop:exports"
+LOGOUT_REDIRECT_URL = "login"
+
+# The cache holds the download records that web and worker processes share.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "sample",
+    }
+}
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_DEFAULT_QUEUE = "sample-site"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE = {
+    "cleanup-expired-downloads": {
+        "task": "async_downloads.tasks.cleanup_expired_downloads",
+        "schedule": 60 * 60,
+    }
+}
+
+# Live progress: events from the worker reach the web process through Redis,
+# and are stored for a while so that a reconnecting browser catches up.
+EVENTSTREAM_REDIS = connection_kwargs(REDIS_URL)
+EVENTSTREAM_STORAGE_CLASS = "async_downloads.sse.EventStorage"
+EVENTSTREAM_STORAGE_CONNECTION = connection_kwargs(REDIS_URL)
+EVENTSTREAM_CHANNELMANAGER_CLASS = "async_downloads.sse.ChannelManager"
+# Pub/sub ignores the db number: this prefix keeps the site's channels apart from other sites'.
+ASYNC_DOWNLOADS_WS_CHANNEL_NAME = "sample-downloads"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "async_downloads": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "sample_site": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
+}

@@ -1,0 +1,108 @@
+"""``manage.py seed_demo``: demo data big enough to watch an export (once; later runs return at once)."""
+
+import datetime
+import random
+import time
+from decimal import Decimal
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+from django.utils import timezone
+
+from sample_site.shop.demo import DEMO_USERS
+from sample_site.shop.models import Customer, Order, Product
+
+SEED = 20261101
+FIRST_NAMES = (
+    "Ada Alan Alice Amara Ana Arjun Ben Bianca Carlos Chen Chloe Dara David Elena Emil Eva Farah Felix Grace "
+    "Hana Hugo Ines Ivan Jana Jonas Kai Karin Leo Lina Luca Maya Mei Mila Nadia Noah Nora Omar Oscar Priya "
+    "Quinn Rosa Sami Sara Tariq Tess Umar Vera Wen Yara Zoe"
+).split()
+LAST_NAMES = (
+    "Abara Berg Costa Dubois Eriksen Fischer Garcia Haddad Ito Jensen Kowalski Larsen Moreau Novak Okafor "
+    "Petrov Quinn Rossi Silva Smith Tanaka Ueda Varga Weber Xu Yilmaz Zhang Nakamura Murphy Lindqvist"
+).split()
+CITIES = "Amsterdam Berlin Lisbon Lyon Madrid Milan Oslo Prague Vienna Warsaw".split()
+ADJECTIVES = "Classic Compact Deluxe Eco Heavy Light Mini Pro Smart Ultra".split()
+NOUNS = "Backpack Blender Desk Hammock Kettle Lamp Mug Notebook Pillow Speaker Stool Teapot Tent Towel Umbrella Watch Wok Wrench Yoga-mat Zipper-bag".split()
+STATUSES = [
+    (Order.Status.DELIVERED, 70),
+    (Order.Status.SHIPPED, 9),
+    (Order.Status.PAID, 8),
+    (Order.Status.PENDING, 5),
+    (Order.Status.CANCELLED, 5),
+    (Order.Status.REFUNDED, 3),
+]
+BATCH = 5000
+DAYS = 730
+
+
+class Command(BaseCommand):
+    help = "Create the demo users and ~300,000 orders (skipped when the orders are there)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--orders", type=int, default=300_000)
+        parser.add_argument("--customers", type=int, default=2_000)
+        parser.add_argument("--products", type=int, default=200)
+        parser.add_argument("--url", help="Print the address of the site with the users.")
+
+    def handle(self, *args, orders, customers, products, url=None, **options):
+        self.create_users()
+        if Order.objects.exists():
+            self.stdout.write(f"Demo data: {Order.objects.count():,} orders (already seeded).")
+        else:
+            started = time.monotonic()
+            with transaction.atomic():  # all or nothing, so an interrupted seed runs again
+                self.seed(random.Random(SEED), orders, customers, products)
+            self.stdout.write(f"Demo data: {orders:,} orders seeded in {time.monotonic() - started:.1f} s.")
+        self.print_users(url)
+
+    def create_users(self):
+        users = get_user_model()
+        for username, password, superuser in DEMO_USERS:
+            if not users.objects.filter(username=username).exists():
+                create = users.objects.create_superuser if superuser else users.objects.create_user
+                create(username, f"{username}@example.com", password)
+
+    def print_users(self, url):
+        users = " or ".join(f"{name} / {password}" for name, password, _ in DEMO_USERS)
+        where = f"Open {url} and sign in" if url else "Sign in"
+        self.stdout.write(self.style.SUCCESS(f"{where} as {users} (user / password)."))
+
+    def seed(self, rng, n_orders, n_customers, n_products):
+        products = Product.objects.bulk_create(self.products(rng, n_products))
+        customers = Customer.objects.bulk_create(self.customers(rng, n_customers))
+        # A few customers order a lot, most a little: the "top 50" export has something to show.
+        weights = [rng.paretovariate(1.5) for _ in customers]
+        end = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+        start = end - datetime.timedelta(days=DAYS)
+        statuses, status_weights = zip(*STATUSES)
+        for offset in range(0, n_orders, BATCH):
+            size = min(BATCH, n_orders - offset)
+            buyers = rng.choices(customers, weights, k=size)
+            items = rng.choices(products, k=size)
+            states = rng.choices(statuses, status_weights, k=size)
+            Order.objects.bulk_create(
+                Order(
+                    customer=buyer,
+                    product=item,
+                    quantity=min(int(rng.expovariate(0.5)) + 1, 20),
+                    unit_price=item.price,
+                    status=state,
+                    created=start + datetime.timedelta(seconds=rng.randrange(DAYS * 86400)),
+                )
+                for buyer, item, state in zip(buyers, items, states)
+            )
+
+    def products(self, rng, count):
+        for number in range(1, count + 1):
+            name = f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)} {number:03d}"
+            price = Decimal(rng.randrange(199, 49999)) / 100
+            yield Product(sku=f"SKU-{number:05d}", name=name, price=price)
+
+    def customers(self, rng, count):
+        for number in range(1, count + 1):
+            first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+            email = f"{first}.{last}.{number}@example.com".lower()
+            yield Customer(name=f"{first} {last}", email=email, city=rng.choice(CITIES))

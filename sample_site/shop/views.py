@@ -1,0 +1,74 @@
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from async_downloads.cache import init_download
+from async_downloads.shortcuts import init_generic_csv_download
+
+from . import tasks
+from .forms import OrderFilterForm
+from .models import Order
+
+PREVIEW_ROWS = 15
+
+# kind in the URL: (task, file name, name shown in the download centre)
+EXPORTS = {
+    "top-customers": (tasks.export_top_customers, "top-50-customers.zip", "Top 50 customers (zip)"),
+    "daily-revenue": (tasks.daily_revenue_report, "daily-revenue.csv", "Daily revenue, last 30 days"),
+    "stock-levels": (tasks.stock_levels, "stock-levels.csv", "Stock levels"),
+}
+
+
+@login_required
+def exports(request):
+    form = OrderFilterForm(request.GET or None)
+    orders = Order.objects.select_related("customer", "product")
+    if form.is_bound and form.is_valid():
+        orders = form.filter(orders)
+    context = {
+        "form": form,
+        "filter_valid": not form.is_bound or form.is_valid(),
+        "params": form.params() if form.is_bound and form.is_valid() else {},
+        "count": orders.count(),
+        "preview": orders[:PREVIEW_ROWS],
+    }
+    return render(request, "shop/exports.html", context)
+
+
+@login_required
+@require_POST
+def export_orders(request):
+    form = OrderFilterForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "The filter is not valid, so nothing was exported.")
+        return redirect("shop:exports")
+    name = f"Orders ({form.describe()})" if form.describe() else "Orders"
+    init_generic_csv_download(tasks.export_orders, request.user, name, form.params())
+    messages.success(request, f"{name}: export started. Follow it under Downloads.")
+    query = urlencode(form.params())
+    return redirect(f"{reverse('shop:exports')}?{query}" if query else reverse("shop:exports"))
+
+
+@login_required
+@require_POST
+def start_export(request, kind):
+    if kind not in EXPORTS:
+        raise Http404("No such export.")
+    task, filename, name = EXPORTS[kind]
+    _, download_key = init_download(request.user, filename, name)
+    task.delay(download_key)
+    messages.success(request, f"{name}: export started. Follow it under Downloads.")
+    return redirect(_next_url(request))
+
+
+def _next_url(request):
+    url = request.POST.get("next", "")
+    if url_has_allowed_host_and_scheme(url, allowed_hosts={request.get_host()}):
+        return url
+    return reverse("shop:exports")
