@@ -8,6 +8,7 @@ from .cache import init_download, save_download, update_percentage
 __all__ = ["init_generic_csv_download", "queryset_to_csv"]
 
 ITERATOR_CHUNK_SIZE = 2000
+PROGRESS_RESOLUTION = 10
 
 
 def queryset_to_csv(download_key, header, queryset, row_function, encoding="utf-8"):
@@ -24,11 +25,24 @@ def queryset_to_csv(download_key, header, queryset, row_function, encoding="utf-
 
     def rows():
         yield header
+        report_at = 0
         for index, obj in enumerate(queryset.iterator(chunk_size=ITERATOR_CHUNK_SIZE)):
-            update_percentage(download_key, total, index)
+            if index >= report_at:
+                update_percentage(download_key, total, index, PROGRESS_RESOLUTION)
+                report_at = _next_report(index, total)
             yield row_function(obj)
 
     save_download(download_key, rows(), encoding=encoding)
+
+
+def _next_report(index, total):
+    """The first row index after ``index`` at which the shown percentage moves a step.
+
+    Only those rows call update_percentage, so the per-row cost of progress is
+    one comparison.
+    """
+    next_step = (index + 1) * PROGRESS_RESOLUTION // total + 1
+    return -(-next_step * total // PROGRESS_RESOLUTION) - 1
 
 
 def init_generic_csv_download(task, user, name, *task_args, **task_kwargs):
