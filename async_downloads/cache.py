@@ -259,6 +259,7 @@ def clear_download(download_key, user=None):
     collection_key = settings.COLLECTION_KEY_FORMAT.format(record["user_id"])
     removed = store.delete(download_key, collection_key)
     _shown.pop(download_key, None)
-    files.delete_download_files((removed or record)["filepath"])
+    # A file left behind by a failing storage is removed by cleanup_expired_downloads.
+    _discard_files((removed or record)["filepath"])
     events.download_changed(removed or record, events.CLEARED)
     return True

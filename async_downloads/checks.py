@@ -117,7 +117,7 @@ def check_channel_manager(app_configs=None, **kwargs):
         from .sse import ChannelManager
 
         ok = bool(path) and issubclass(import_string(path), ChannelManager)
-    except ImportError:
+    except (ImportError, TypeError):  # TypeError: the path names something that is not a class
         ok = False
     if ok:
         return []

@@ -22,9 +22,17 @@ def cleanup_expired_downloads():
         return []
     keys = [name for name in folders if is_download_key(name)]
     live = set(store.get_cache().get_many(keys))
-    expired = [key for key in keys if key not in live]
-    for key in expired:
-        files.delete_folder(storage, posixpath.join(prefix, key))
-    if expired:
-        logger.info("Removed the files of %d expired downloads.", len(expired))
-    return expired
+    removed = [key for key in keys if key not in live and _remove(storage, posixpath.join(prefix, key))]
+    if removed:
+        logger.info("Removed the files of %d expired downloads.", len(removed))
+    return removed
+
+
+def _remove(storage, folder):
+    """Delete one expired download's folder; a failure is logged and does not stop the others."""
+    try:
+        files.delete_folder(storage, folder)
+    except Exception:
+        logger.exception("Could not remove %r; the next cleanup will try again.", folder)
+        return False
+    return True

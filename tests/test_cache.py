@@ -15,6 +15,7 @@ import uuid
 import pytest
 from django.conf import settings as django_settings
 from django.core.cache import InvalidCacheBackendError, caches
+from django.core.files.storage import FileSystemStorage
 
 from async_downloads import cache, store
 
@@ -22,6 +23,13 @@ pytestmark = pytest.mark.django_db
 
 UUID4 = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 LEGACY_KEYS = {"timestamp", "filepath", "name", "complete", "errors", "percentage", "css_class", "url"}
+
+
+class UndeletableStorage(FileSystemStorage):
+    """A storage whose deletes fail, like a remote storage during an outage."""
+
+    def delete(self, name):
+        raise OSError(f"cannot delete {name}")
 
 
 def redis_key(key, alias="default"):
@@ -292,6 +300,20 @@ class TestClearDownload:
         assert caches["default"].get(collection_key) is None
         assert cache.get_downloads(alice) == []
         assert not (media / "downloads" / key).exists()
+
+    def test_a_storage_that_cannot_delete_still_clears_the_record(self, settings, alice, media, caplog):
+        """The file stays behind for cleanup_expired_downloads, which will find no record for it."""
+        settings.STORAGES = {
+            **settings.STORAGES,
+            "undeletable": {"BACKEND": "tests.test_cache.UndeletableStorage", "OPTIONS": {"location": str(media)}},
+        }
+        settings.ASYNC_DOWNLOADS_STORAGE = "undeletable"
+        _, key = cache.init_download(alice, "a.csv")
+        cache.save_download(key, [["x"]])
+        assert cache.clear_download(key) is True
+        assert cache.get_download(key) is None
+        assert "Could not delete the files" in caplog.text
+        assert (media / "downloads" / key / "a.csv").exists()
 
     def test_cleared_while_the_file_is_written_keeps_no_file(self, alice, media):
         _, key = cache.init_download(alice, "a.csv")

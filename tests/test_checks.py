@@ -7,6 +7,7 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
 from async_downloads import checks
+from async_downloads.sse import ChannelManager
 
 REDIS = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:6379/13"}
 
@@ -99,6 +100,67 @@ class TestSendfile:
         [error] = checks.check_sendfile()
         assert error.id == "async_downloads.E004"
         assert "'x-lighttpd-send-file'" in error.msg
+
+
+class TestEventBus:
+    """SSE from a Celery worker reaches browsers only through Redis (or a GRIP proxy)."""
+
+    def test_sse_without_a_bus_is_w002(self, settings):
+        del settings.EVENTSTREAM_REDIS
+        [warning] = checks.check_event_bus()
+        assert warning.id == "async_downloads.W002"
+        assert "EVENTSTREAM_REDIS" in warning.hint
+
+    @pytest.mark.parametrize("setting", ["EVENTSTREAM_REDIS", "GRIP_URL"])
+    def test_a_bus_is_fine(self, settings, setting):
+        del settings.EVENTSTREAM_REDIS
+        setattr(settings, setting, {"host": "localhost"} if setting == "EVENTSTREAM_REDIS" else "http://pushpin:5561")
+        assert checks.check_event_bus() == []
+
+    @pytest.mark.parametrize("transport", [{"ASYNC_DOWNLOADS_TRANSPORT": "poll"}, {"ASYNC_DOWNLOADS_WS_MODE": True}])
+    def test_not_needed_without_sse(self, settings, transport):
+        del settings.EVENTSTREAM_REDIS
+        for name, value in transport.items():
+            setattr(settings, name, value)
+        assert checks.check_event_bus() == []
+
+
+class OwnChannelManager(ChannelManager):
+    """A project's own subclass of the app's channel manager."""
+
+
+class TestChannelManager:
+    """Without the app's channel manager, django-eventstream lets anyone read any channel."""
+
+    @pytest.mark.parametrize(
+        "path",
+        [
+            None,
+            "",
+            "django_eventstream.channelmanager.DefaultChannelManager",
+            "no.such.Manager",
+            "nodots",
+            "os.path",  # not a class at all
+        ],
+    )
+    def test_anything_but_the_apps_manager_is_w003(self, settings, path):
+        if path is None:
+            del settings.EVENTSTREAM_CHANNELMANAGER_CLASS
+        else:
+            settings.EVENTSTREAM_CHANNELMANAGER_CLASS = path
+        [warning] = checks.check_channel_manager()
+        assert warning.id == "async_downloads.W003"
+        assert repr(path or None) in warning.msg
+
+    @pytest.mark.parametrize("path", ["async_downloads.sse.ChannelManager", "tests.test_checks.OwnChannelManager"])
+    def test_the_apps_manager_or_a_subclass_is_fine(self, settings, path):
+        settings.EVENTSTREAM_CHANNELMANAGER_CLASS = path
+        assert checks.check_channel_manager() == []
+
+    def test_not_needed_with_the_polling_transport(self, settings):
+        settings.ASYNC_DOWNLOADS_TRANSPORT = "poll"
+        del settings.EVENTSTREAM_CHANNELMANAGER_CLASS
+        assert checks.check_channel_manager() == []
 
 
 class TestThroughCallCommand:

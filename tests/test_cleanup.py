@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 from django.core.cache import caches
+from django.core.files.storage import FileSystemStorage
 from django.core.management import call_command
 
 from async_downloads import cache, cleanup
@@ -129,6 +130,30 @@ class TestCleanup:
         media.mkdir(parents=True)
         (media / "downloads").write_bytes(b"not a folder")
         assert cleanup.cleanup_expired_downloads() == []
+
+
+class StuckFileStorage(FileSystemStorage):
+    """A storage that cannot delete files named ``stuck.csv`` (a permission problem, say)."""
+
+    def delete(self, name):
+        if name.endswith("stuck.csv"):
+            raise PermissionError(f"cannot delete {name}")
+        super().delete(name)
+
+
+def test_a_folder_that_cannot_be_removed_does_not_stop_the_others(settings, media, saved, caplog):
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "stuck": {"BACKEND": "tests.test_cleanup.StuckFileStorage", "OPTIONS": {"location": str(media)}},
+    }
+    settings.ASYNC_DOWNLOADS_STORAGE = "stuck"
+    stuck, expired = saved("stuck.csv"), saved("report.csv")
+    expire(stuck)
+    expire(expired)
+    assert cleanup.cleanup_expired_downloads() == [expired]
+    assert (media / "downloads" / stuck / "stuck.csv").exists()
+    assert not (media / "downloads" / expired).exists()
+    assert f"Could not remove 'downloads/{stuck}'" in caplog.text
 
 
 class TestCeleryTask:

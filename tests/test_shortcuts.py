@@ -87,6 +87,15 @@ class TestQuerysetToCsv:
         queryset_to_csv(key, HEADER, Item.objects.all(), item_row)
         assert percentages == [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99, 100]
 
+    @pytest.mark.parametrize("rows", [1, 3, 7, 11, 95, 1001])
+    def test_progress_is_what_update_percentage_on_every_row_would_show(self, alice, media, percentages, rows):
+        """queryset_to_csv only calls update_percentage where the value moves; none is skipped."""
+        make_items(rows)
+        _, key = cache.init_download(alice, "items.csv")
+        queryset_to_csv(key, HEADER, Item.objects.all(), item_row)
+        every_row = [min(min((cur + 1) * 10 // rows, 10) * 10, 99) for cur in range(rows)]
+        assert percentages == sorted(set(every_row)) + [100]
+
     @pytest.mark.parametrize("not_a_queryset", [[], (1, 2), None])
     def test_not_a_queryset_is_a_value_error(self, alice, not_a_queryset):
         _, key = cache.init_download(alice, "items.csv")
