@@ -22,6 +22,7 @@ DEFAULTS = {
     "EVENT_TTL": 15 * 60,
     "TRANSPORT": "sse",
     "POLL_INTERVAL": 2,
+    "WS_URL": "/ws/async_downloads/",
 }
 
 

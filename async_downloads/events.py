@@ -57,6 +57,10 @@ def _transport_send(name, pk, html):
         from . import sse
 
         sse.send(pk, html)
+    elif name == "ws":
+        from . import ws
+
+        ws.send(pk, html)
 
 
 class _Resync:

@@ -47,6 +47,7 @@ def centre_context(pk, downloads=None, preserve=False):
         "version": version(downloads),
         "preserve": preserve,
         "events_url": "",
+        "ws_url": settings.WS_URL,
     }
     if in_progress and context["transport"] == "sse":
         context["events_url"] = events_url(pk)

@@ -11,7 +11,8 @@ import json
 import logging
 import re
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync, sync_to_async
+from django.db import connections
 from django.http import HttpResponseForbidden
 from django.utils.crypto import salted_hmac
 from django_eventstream.channelmanager import DefaultChannelManager
@@ -32,7 +33,7 @@ def channel_prefix():
 
 
 def channel_for(pk):
-    digest = salted_hmac("async_downloads.channel", str(pk)).hexdigest()[:20]
+    digest = salted_hmac("async_downloads.channel", str(pk), algorithm="sha256").hexdigest()[:20]
     return f"{channel_prefix()}{pk}-{digest}"
 
 
@@ -71,6 +72,9 @@ class ChannelManager(DefaultChannelManager):
         return user is not None and user.is_authenticated and channel == channel_for(user.pk)
 
 
+_storage_clients = {}
+
+
 class EventStorage(RedisStorage):
     """django-eventstream's RedisStorage, keeping events for a short time.
 
@@ -78,6 +82,16 @@ class EventStorage(RedisStorage):
     seconds (default 15 minutes) is enough for that and keeps Redis small.
     Key names are RedisStorage's, so its ``get_events`` reads them.
     """
+
+    @property
+    def redis(self):
+        # One client (and connection pool) per process, not one per thread:
+        # RedisStorage instances are made per thread.
+        key = repr(sorted(self.connection_details.items()))
+        client = _storage_clients.get(key)
+        if client is None:
+            client = _storage_clients.setdefault(key, self._connect())
+        return client
 
     def append_event(self, channel, event_type, data):
         from django_eventstream.event import Event
@@ -97,10 +111,43 @@ async def events(request):
     user = await request.auser()
     if not user.is_authenticated:
         return HttpResponseForbidden("Sign in to receive download events.")
+    request.user = user  # django-eventstream reads it; no second lookup
     ensure_listener()
     from django_eventstream.views import events as eventstream_events
 
-    return await sync_to_async(eventstream_events)(request, async_downloads=True)
+    response = await sync_to_async(eventstream_events)(request, async_downloads=True)
+    # The stream may stay open for hours: give back what the request holds.
+    await sync_to_async(connections.close_all)()
+    if getattr(response, "is_async", False):
+        _release_request_thread()
+        response.streaming_content = _detached(response.streaming_content)
+    return response
+
+
+def _release_request_thread():
+    """Stop the thread that asgiref keeps for this request while its stream is open.
+
+    Django runs each ASGI request's synchronous code in a thread of its own,
+    which lives until the response ends; for thousands of idle streams that is
+    thousands of idle threads. The stream's few synchronous reads (Redis, no
+    database) run in asgiref's shared thread instead (see ``_detached``).
+    """
+    try:
+        context = SyncToAsync.thread_sensitive_context.get(None)
+        executor = SyncToAsync.context_to_thread_executor.pop(context, None) if context else None
+    except (AttributeError, TypeError):  # a future asgiref without these internals
+        return
+    if executor is not None:
+        executor.shutdown(wait=False)
+
+
+async def _detached(content):
+    try:
+        SyncToAsync.thread_sensitive_context.set(None)
+    except AttributeError:
+        pass
+    async for chunk in content:
+        yield chunk
 
 
 _supervisors = {}

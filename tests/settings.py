@@ -106,6 +106,19 @@ ASYNC_DOWNLOADS_IDLE_POLL_INTERVAL = 3
 # Pub/sub ignores the db number: the channel prefix keeps this run's events apart.
 ASYNC_DOWNLOADS_WS_CHANNEL_NAME = f"adtest-{RUN_ID}"
 
+# WS mode (tests/test_ws.py): channels-redis in this run's db, under this run's prefix.
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_DB_URL], "prefix": f"adtest-{RUN_ID}-channels"},
+    }
+}
+# Processes started with ASYNC_DOWNLOADS_TEST_WS=1 (a web server, a Celery worker) run in
+# WS mode, on a Celery queue of their own so that the SSE worker never takes their tasks.
+ASYNC_DOWNLOADS_WS_MODE = os.environ.get("ASYNC_DOWNLOADS_TEST_WS") == "1"
+if ASYNC_DOWNLOADS_WS_MODE:
+    CELERY_TASK_DEFAULT_QUEUE += "-ws"
+
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 LOGGING = {
