@@ -40,9 +40,11 @@ test *args: setup system-deps
 test-django6 *args: system-deps
     #!/usr/bin/env bash
     set -euo pipefail
-    py=$(command -v python3.13 python3.12 2>/dev/null | head -1 || true)
-    if [ -z "$py" ]; then py=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3 2>/dev/null | tail -1 || true); fi
-    if [ -z "$py" ]; then echo "Django 6 needs Python 3.12+, and none was found." >&2; exit 1; fi
+    py=""
+    for candidate in python3.14 python3.13 python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3; do
+        if "$candidate" -c "import sys; sys.exit(sys.version_info < (3, 12))" 2>/dev/null; then py=$(command -v "$candidate"); break; fi
+    done
+    if [ -z "$py" ]; then echo "Django 6 needs Python 3.12+, and none was found (pyenv install 3.13, or your OS's python3.13)." >&2; exit 1; fi
     export UV_PROJECT_ENVIRONMENT="{{justfile_directory()}}/.venv-django6"
     uv sync --frozen --quiet --python "$py"
     "$UV_PROJECT_ENVIRONMENT/bin/python" -c "import django; print('Django', django.get_version())"
@@ -89,6 +91,17 @@ demo: setup
     python -m async_downloads.testing.redis_server honcho --procfile sample_site/Procfile start --port "$port" || status=$?
     # Ctrl-C (130) is how the demo is meant to end.
     if [ "$status" = 130 ]; then exit 0; else exit "$status"; fi
+
+# PNGs of the centre (idle, exporting, complete, failed) per template set in docs/screenshots/ (`just screenshots toast`: one set).
+screenshots *sets: setup system-deps
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd "{{justfile_directory()}}"
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" DJANGO_SETTINGS_MODULE=sample_site.settings
+    mkdir -p sample_site/var
+    python sample_site/manage.py migrate --verbosity 0
+    python sample_site/manage.py seed_demo
+    python sample_site/screenshots.py "$@"
 
 # Forget the sample site's data: database, files, and its downloads in Redis (`just demo` seeds again).
 demo-reset: setup

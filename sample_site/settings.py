@@ -3,12 +3,15 @@
 Everything that differs between machines comes from the environment:
 ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``; the site uses a db number
 of its own on that server, ``SAMPLE_SITE_REDIS_DB``, default 5),
-``DJANGO_SECRET_KEY`` and ``DJANGO_DEBUG``.
+``DJANGO_SECRET_KEY`` and ``DJANGO_DEBUG``. ``SHOWCASE`` (``bootstrap5``, ``toast`` or
+``semantic``) switches the download centre to a template set from ``templates_showcase/``.
 """
 
 import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from django.core.exceptions import ImproperlyConfigured
 
 from async_downloads.testing.redis_server import DEFAULT_URL, connection_kwargs
 
@@ -39,6 +42,16 @@ INSTALLED_APPS = [
     "async_downloads",
     "sample_site.shop",
 ]
+
+SHOWCASES = ("bootstrap5", "toast", "semantic")
+SHOWCASE = os.environ.get("SHOWCASE") or "default"
+if SHOWCASE not in ("default", *SHOWCASES):
+    raise ImproperlyConfigured(
+        f"SHOWCASE is {SHOWCASE!r}; use one of {SHOWCASES!r}, or 'default' for the app's own templates."
+    )
+if SHOWCASE != "default":
+    # App template folders are searched in INSTALLED_APPS order: the showcase's templates win.
+    INSTALLED_APPS.insert(INSTALLED_APPS.index("async_downloads"), f"templates_showcase.{SHOWCASE}")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -87,8 +100,8 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 # Finished downloads are stored here and served by async_downloads' owner-checked view,
-# never as public media URLs.
-MEDIA_ROOT = BASE_DIR / "media"
+# never as public media URLs. (`just screenshots` points SAMPLE_SITE_MEDIA_ROOT at a folder of its own.)
+MEDIA_ROOT = os.environ.get("SAMPLE_SITE_MEDIA_ROOT") or BASE_DIR / "media"
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "shop:exports"

@@ -132,3 +132,15 @@ def test_boosted_navigation_keeps_the_open_stream(browser, celery_worker, web_se
     before = int(page.evaluate(VALUE_NOW) or 0)
     page.wait_for_function(f"Number(({VALUE_NOW})) > {before}", timeout=10_000)  # still live
     assert len(requests) == opened  # the stream was not reopened
+
+
+def test_an_export_started_with_htmx_connects_the_centre_at_once(browser, celery_worker, web_server, alice):
+    page = browser.new_page()
+    requests = events_requests(page)
+    log_in(page, web_server, "alice", "alice-pw")
+    clicked = time.monotonic()
+    page.click("text=Export with htmx")  # hx-post with the CSRF header from <body hx-headers>
+    page.wait_for_selector("[sse-connect]", state="attached", timeout=5_000)
+    assert time.monotonic() - clicked < 2  # the started event, not the 3 s idle poll
+    page.wait_for_selector(".async-download__link", state="attached", timeout=20_000)
+    assert len(requests) == 1

@@ -1,4 +1,6 @@
 from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse
+from django_htmx.http import trigger_client_event
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
@@ -21,3 +23,11 @@ def other(request):
 def start_export(request):
     init_generic_csv_download(slow_export, request.user, "Squares", rows=int(request.POST.get("rows", 40)))
     return redirect("home")
+
+
+@login_required
+@require_POST
+def start_export_htmx(request):
+    """The same export started with hx-post: no page load, the centre is told instead."""
+    init_generic_csv_download(slow_export, request.user, "Squares", rows=int(request.POST.get("rows", 40)))
+    return trigger_client_event(HttpResponse(status=204), "async-downloads:started")

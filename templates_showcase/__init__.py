@@ -1,0 +1,1 @@
+"""Alternative template sets for async_downloads; each subpackage is a Django app."""
