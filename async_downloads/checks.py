@@ -129,3 +129,18 @@ def check_channel_manager(app_configs=None, **kwargs):
             id="async_downloads.W003",
         )
     ]
+
+
+@register()
+def check_transport(app_configs=None, **kwargs):
+    from .partials import TRANSPORTS
+
+    if str(settings.TRANSPORT).lower() in TRANSPORTS:
+        return []
+    return [
+        Error(
+            f"ASYNC_DOWNLOADS_TRANSPORT is {settings.TRANSPORT!r}; it must be one of {TRANSPORTS!r}.",
+            hint='Use "sse" (the default) or "poll"; WebSocket mode is ASYNC_DOWNLOADS_WS_MODE = True.',
+            id="async_downloads.E005",
+        )
+    ]

@@ -48,8 +48,10 @@ def download_changed(record, kind):
 def publish(pk, record=None, kind=None):
     from . import partials
 
-    html = partials.render_message(pk, record, kind)
-    _transport_send(partials.transport(), pk, html)
+    transport = partials.transport()
+    if transport == "poll":
+        return  # pages ask; nothing is pushed
+    _transport_send(transport, pk, partials.render_message(pk, record, kind))
 
 
 def _transport_send(name, pk, html):

@@ -1,4 +1,5 @@
 import posixpath
+from urllib.parse import quote
 
 from django.contrib.auth.decorators import login_required
 from django.core.serializers.json import DjangoJSONEncoder
@@ -6,7 +7,7 @@ from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirec
 from django.template.loader import render_to_string
 from django.utils.http import content_disposition_header
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_POST, require_safe
 from django_htmx.http import HttpResponseStopPolling
 
 from . import cache, files, partials
@@ -24,14 +25,14 @@ def _owned_download(request, download_key):
 
 @never_cache
 @login_required
-@require_GET
+@require_safe
 def download(request, download_key):
     """Send the finished file of one of the user's own downloads."""
     record = _owned_download(request, download_key)
     if record["state"] != cache.COMPLETE:
         raise Http404("This download has no file.")
     storage = files.get_storage()
-    if settings.SENDFILE:
+    if str(settings.SENDFILE).lower() in SENDFILE_HEADERS:
         return _sendfile_response(storage, record)
     if _redirects_to_storage(storage):
         return HttpResponseRedirect(storage.url(record["filepath"]))
@@ -53,13 +54,14 @@ def _redirects_to_storage(storage):
 
 
 def _sendfile_response(storage, record):
-    mode = settings.SENDFILE.lower()
+    """Let the front server send the file; the path is percent-encoded for the header."""
+    mode = str(settings.SENDFILE).lower()
     if mode == "x-accel-redirect":
         target = posixpath.join(settings.SENDFILE_URL or "/", record["filepath"])
     else:
         target = storage.path(record["filepath"])
     response = HttpResponse(content_type="application/octet-stream")
-    response[SENDFILE_HEADERS[mode]] = target
+    response[SENDFILE_HEADERS[mode]] = quote(target)
     response["Content-Disposition"] = content_disposition_header(True, record["filename"])
     return response
 

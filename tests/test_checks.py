@@ -184,3 +184,13 @@ class TestThroughCallCommand:
         settings.ASYNC_DOWNLOADS_CACHE_NAME = "local"
         call_command("check")
         assert "async_downloads.W001" in capsys.readouterr().err
+
+
+def test_e005_unknown_transport(settings):
+    from async_downloads.checks import check_transport
+
+    settings.ASYNC_DOWNLOADS_TRANSPORT = "pigeon"
+    (error,) = check_transport()
+    assert error.id == "async_downloads.E005" and "'pigeon'" in error.msg
+    settings.ASYNC_DOWNLOADS_TRANSPORT = "poll"
+    assert check_transport() == []

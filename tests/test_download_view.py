@@ -138,3 +138,22 @@ class TestServers:
         assert response.status_code == 302
         assert response["Location"] == f"/media/downloads/{record['key']}/Relev%C3%A9.csv"
         assert signed_in(bob).get(url(record["key"])).status_code == 404
+
+
+def test_sendfile_paths_are_percent_encoded(settings, client, alice):
+    settings.ASYNC_DOWNLOADS_SENDFILE = "x-accel-redirect"
+    settings.ASYNC_DOWNLOADS_SENDFILE_URL = "/protected/"
+    _, key = cache.init_download(alice, "Relevé 50% #1.csv")
+    cache.save_download(key, [["x"]])
+    client.force_login(alice)
+    response = client.get(reverse("async_downloads:download", args=[key]))
+    assert response["X-Accel-Redirect"] == f"/protected/downloads/{key}/Relev%C3%A9%2050%25%20%231.csv"
+
+
+def test_head_is_allowed_for_download_managers(client, alice):
+    _, key = cache.init_download(alice, "a.csv")
+    cache.save_download(key, [["x"]])
+    client.force_login(alice)
+    response = client.head(reverse("async_downloads:download", args=[key]))
+    response.close()
+    assert response.status_code == 200

@@ -44,7 +44,7 @@ def test_css_class_setting_lands_on_each_row(settings, alice):
     settings.ASYNC_DOWNLOADS_CSS_CLASS = "dropdown-item"
     _, key = cache.init_download(alice, "orders.csv")
     html = partials.render_row(cache.get_download(key))
-    assert 'class="async-download async-download--pending download-content dropdown-item"' in html
+    assert 'class="async-download async-download--pending download-container download-content dropdown-item"' in html
 
 
 def test_row_has_a_clear_button_posting_by_key(alice):
