@@ -41,7 +41,8 @@ test-django6 *args: system-deps
     #!/usr/bin/env bash
     set -euo pipefail
     py=""
-    for candidate in python3.14 python3.13 python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3; do
+    pyenv_pythons=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3 2>/dev/null | sort -rV || true)
+    for candidate in python3.14 python3.13 python3.12 $pyenv_pythons; do
         if "$candidate" -c "import sys; sys.exit(sys.version_info < (3, 12))" 2>/dev/null; then py=$(command -v "$candidate"); break; fi
     done
     if [ -z "$py" ]; then echo "Django 6 needs Python 3.12+, and none was found (pyenv install 3.13, or your OS's python3.13)." >&2; exit 1; fi
