@@ -120,7 +120,6 @@ async def events(request):
     await sync_to_async(connections.close_all)()
     if getattr(response, "is_async", False):
         _release_request_thread()
-        response.streaming_content = _detached(response.streaming_content)
     return response
 
 
@@ -128,26 +127,19 @@ def _release_request_thread():
     """Stop the thread that asgiref keeps for this request while its stream is open.
 
     Django runs each ASGI request's synchronous code in a thread of its own,
-    which lives until the response ends; for thousands of idle streams that is
-    thousands of idle threads. The stream's few synchronous reads (Redis, no
-    database) run in asgiref's shared thread instead (see ``_detached``).
+    which lives until the response ends: for thousands of idle streams,
+    thousands of idle threads. From here on, this request's synchronous calls
+    (the response middleware, the stream's Redis reads; no database) run in
+    asgiref's shared thread instead.
     """
     try:
         context = SyncToAsync.thread_sensitive_context.get(None)
         executor = SyncToAsync.context_to_thread_executor.pop(context, None) if context else None
+        SyncToAsync.thread_sensitive_context.set(None)
     except (AttributeError, TypeError):  # a future asgiref without these internals
         return
     if executor is not None:
         executor.shutdown(wait=False)
-
-
-async def _detached(content):
-    try:
-        SyncToAsync.thread_sensitive_context.set(None)
-    except AttributeError:
-        pass
-    async for chunk in content:
-        yield chunk
 
 
 _supervisors = {}

@@ -1,5 +1,6 @@
 """The event stream, read from a real uvicorn process."""
 
+import os
 import re
 
 import httpx
@@ -109,3 +110,30 @@ def test_a_change_while_others_run_updates_list_and_indicator_only(web_server, a
     assert '<ul id="async-downloads-list"' in message and 'hx-swap-oob="true"' in message
     assert first not in message and second in message
     assert "async-downloads-connection" not in message
+
+
+def _threads_and_fds(pid):
+    with open(f"/proc/{pid}/status") as file:
+        status = dict(line.split(":", 1) for line in file)
+    return int(status["Threads"]), len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_idle_streams_hold_no_thread_and_no_database_connection(alice):
+    """Thousands of idle streams must cost a socket each, not a thread and a DB connection."""
+    from tests.processes import start_uvicorn, stop
+
+    process, base = start_uvicorn()
+    try:
+        cache.init_download(alice, "orders.csv")
+        url = events_url(base, alice)
+        cookies = session_cookies(alice)
+        with StreamReader(url, cookies):  # warm up: listener, storage client, pools
+            threads_before, fds_before = _threads_and_fds(process.pid)
+            streams = [StreamReader(url, cookies).__enter__() for _ in range(20)]
+            threads_after, fds_after = _threads_and_fds(process.pid)
+            for stream in streams:
+                stream.__exit__()
+    finally:
+        stop(process)
+    assert threads_after - threads_before < 5
+    assert fds_after - fds_before <= 20 + 3  # one socket per stream
