@@ -21,13 +21,7 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,10 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # celery.py would shadow the celery package).
 sys.path[0] = str(ROOT)
 
-from async_downloads.testing.redis_server import free_port, start_private_server  # noqa: E402
+from sample_site.demo_processes import SETS, private_redis, site  # noqa: E402
 from sample_site.shop.demo import DEMO_USERS  # noqa: E402
 
-SETS = ("default", "bootstrap5", "toast", "semantic")
 OUT_DIR = ROOT / "docs" / "screenshots"
 VIEWPORT = {"width": 1100, "height": 700}
 CHROMIUM_ARGS = [
@@ -80,19 +73,10 @@ def main(argv=None):
     with private_redis() as redis_url, browser() as chromium:
         for name in args.sets or SETS:
             print(f"{name}:", flush=True)
-            with site(name, redis_url) as url:
-                for path in photograph(chromium, url, name, args.out):
+            with site(name, redis_url) as demo:
+                for path in photograph(chromium, demo.url, name, args.out):
                     print(f"  {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}", flush=True)
     return 0
-
-
-@contextlib.contextmanager
-def private_redis():
-    url, process = start_private_server()
-    try:
-        yield url
-    finally:
-        stop(process)
 
 
 @contextlib.contextmanager
@@ -108,64 +92,6 @@ def browser():
             yield chromium
         finally:
             chromium.close()
-
-
-@contextlib.contextmanager
-def site(showcase, redis_url):
-    """The demo's processes with ``SHOWCASE=showcase``, on a fresh Redis db and media folder."""
-    port = free_port()
-    media = tempfile.mkdtemp(prefix=f"async-downloads-screenshots-{showcase}-")
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # uvicorn, celery
-        "PYTHONPATH": str(ROOT),
-        "DJANGO_SETTINGS_MODULE": "sample_site.settings",
-        "REDIS_URL": redis_url,
-        "SAMPLE_SITE_REDIS_DB": str(SETS.index(showcase)),  # each set starts with no downloads
-        "SAMPLE_SITE_MEDIA_ROOT": media,
-        "SHOWCASE": showcase,
-    }
-    (ROOT / "sample_site" / "var").mkdir(exist_ok=True)
-    log = open(Path(media) / "honcho.log", "w+")  # noqa: SIM115 (closed below)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "honcho", "--procfile", "sample_site/Procfile", "start", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_page(f"{url}/login/", process, log)
-        yield url
-    finally:
-        stop(process)  # honcho stops uvicorn and the worker
-        log.close()
-        shutil.rmtree(media, ignore_errors=True)
-
-
-def wait_for_page(url, process, log, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            log.seek(0)
-            raise RuntimeError(f"The sample site did not answer at {url}. Its output:\n{log.read()}")
-        time.sleep(0.2)
-
-
-def stop(process):
-    """Stop a process that this script started."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
 
 
 def photograph(chromium, url, showcase, out):

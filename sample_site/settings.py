@@ -5,6 +5,8 @@ Everything that differs between machines comes from the environment:
 of its own on that server, ``SAMPLE_SITE_REDIS_DB``, default 5),
 ``DJANGO_SECRET_KEY`` and ``DJANGO_DEBUG``. ``SHOWCASE`` (``bootstrap5``, ``toast`` or
 ``semantic``) switches the download centre to a template set from ``templates_showcase/``.
+``SAMPLE_SITE_DB``, ``SAMPLE_SITE_MEDIA_ROOT`` and ``SAMPLE_SITE_VAR_DIR`` (Celery beat's
+schedule) move the site's files elsewhere, e.g. for a test run that leaves the demo's own alone.
 """
 
 import os
@@ -85,7 +87,7 @@ TEMPLATES = [
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": BASE_DIR / "db.sqlite3",
+        "NAME": os.environ.get("SAMPLE_SITE_DB") or BASE_DIR / "db.sqlite3",
         # The web process and the Celery worker share the file.
         "OPTIONS": {"timeout": 20},
     }
@@ -120,6 +122,9 @@ CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
 CELERY_TASK_DEFAULT_QUEUE = "sample-site"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# The worker runs beat too (see the Procfile); this is where beat keeps its schedule.
+VAR_DIR = Path(os.environ.get("SAMPLE_SITE_VAR_DIR") or BASE_DIR / "var")
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE = {
     "cleanup-expired-downloads": {

@@ -1,0 +1,374 @@
+"""The demo, for real: the sample site's processes driven by headless Chromium, and `just demo` from a fresh clone.
+
+Nothing here touches a Redis that may hold somebody's data: each test starts a private
+``redis-server`` on a free port. The sample site runs on a temporary SQLite database and
+media folder, seeded with a small dataset so that the whole file stays quick.
+"""
+
+import contextlib
+import csv
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from tests.browser import launch, log_in
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(relative_path, name):
+    """A module of the sample site, loaded from its file.
+
+    Importing it as ``sample_site.…`` would run ``sample_site/__init__.py``, which creates the
+    site's Celery app and makes it the current app of this (the test suite's) process.
+    """
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+demo_processes = _load("sample_site/demo_processes.py", "_sample_site_demo_processes")
+USERNAME, PASSWORD, _ = _load("sample_site/shop/demo.py", "_sample_site_demo").DEMO_USERS[0]
+
+ORDERS, CUSTOMERS, PRODUCTS = 3000, 200, 50
+# What each set's test filters by: a status, and for one set a customer name as well.
+FILTERS = {
+    "default": {"status": "shipped"},
+    "bootstrap5": {"status": "delivered", "customer": "smith"},
+    "toast": {"status": "paid"},
+    "semantic": {"status": "cancelled"},
+}
+ORDER_HEADER = ["order", "created", "customer", "email", "sku", "product", "quantity", "unit price", "total", "status"]
+STATUS_LABELS = {"pending": "Pending", "paid": "Paid", "shipped": "Shipped", "delivered": "Delivered",
+                 "cancelled": "Cancelled", "refunded": "Refunded"}
+TIMEOUT = 60  # seconds, for any one step in the browser
+
+LIST = "#async-downloads-list"
+ROWS = f"{LIST} li[id^='download-']"
+LINK = "a[href*='/async_downloads/download/']"  # in a row
+
+# Every change of the download list on a page, as the browser saw it: rows, progress value, link.
+RECORD_TIMELINE = """
+window.__timeline = [];
+(() => {
+  const snapshot = () => {
+    const list = document.getElementById('async-downloads-list');
+    if (!list) return;
+    const rows = list.querySelectorAll("li[id^='download-']").length;
+    const link = list.querySelector("a[href*='/async_downloads/download/']") !== null;
+    const bar = list.querySelector('progress, [role=progressbar]');
+    let value = null;
+    if (bar && bar.tagName === 'PROGRESS') value = bar.hasAttribute('value') ? Number(bar.value) : null;
+    else if (bar && bar.hasAttribute('aria-valuenow')) value = Number(bar.getAttribute('aria-valuenow'));
+    const entry = {rows, link, progress: bar !== null, value};
+    const last = window.__timeline[window.__timeline.length - 1];
+    if (!last || JSON.stringify(last) !== JSON.stringify(entry)) window.__timeline.push(entry);
+  };
+  new MutationObserver(snapshot).observe(document, {subtree: true, childList: true, attributes: true});
+  document.addEventListener('DOMContentLoaded', snapshot);
+})();
+"""
+
+COUNT_ORDERS = """
+import json
+from sample_site.shop.models import Order
+counts = {}
+for name, params in json.loads(FILTERS).items():
+    orders = Order.objects.filter(status=params["status"])
+    if params.get("customer"):
+        orders = orders.filter(customer__name__icontains=params["customer"])
+    counts[name] = orders.count()
+print(json.dumps(counts))
+"""
+
+
+def need_redis_server():
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed (apt-get install redis-server): these tests run one of their own."
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+# --- the demo's processes, driven by Chromium ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    need_redis_server()
+    with demo_processes.private_redis() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def sample_data(tmp_path_factory, redis_url):
+    """A temporary database, migrated and seeded small; the orders each set's filter should export."""
+    folder = tmp_path_factory.mktemp("sample-site")
+    database, var_dir = folder / "db.sqlite3", folder / "var"
+    env = demo_processes.sample_env(redis_url, database=database)
+    demo_processes.manage("migrate", "--verbosity", "0", env=env)
+    demo_processes.manage("seed_demo", "--orders", ORDERS, "--customers", CUSTOMERS, "--products", PRODUCTS, env=env)
+    # The ORM of the sample site, in a process of its own (this one is configured for the tests).
+    output = demo_processes.manage("shell", "-c", f"FILTERS = {json.dumps(FILTERS)!r}\n{COUNT_ORDERS}", env=env)
+    expected = json.loads(output.strip().splitlines()[-1])  # after Django's note on automatic imports
+    assert all(expected.values()), f"Each filter should match some orders: {expected}"
+    return {"database": database, "var_dir": var_dir, "expected": expected}
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        yield browser
+        browser.close()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.parametrize("showcase", demo_processes.SETS)
+def test_login_filter_export_progress_download(showcase, redis_url, sample_data, chromium, tmp_path):
+    params = FILTERS[showcase]
+    expected = sample_data["expected"][showcase]
+    with demo_processes.site(showcase, redis_url, database=sample_data["database"],
+                             var_dir=sample_data["var_dir"]) as site:
+        context = chromium.new_context(accept_downloads=True, viewport={"width": 1200, "height": 800})
+        context.set_default_timeout(TIMEOUT * 1000)
+        context.add_init_script(RECORD_TIMELINE)
+        page = context.new_page()
+        try:
+            csv_path, shown = export_filtered_orders(page, site.url, params, tmp_path)
+        except Exception:
+            with contextlib.suppress(Exception):
+                page.screenshot(path=tmp_path / "failure.png")
+            print(f"--- the site's output ({showcase}; screenshot: {tmp_path / 'failure.png'}) ---\n{site.output()}")
+            raise
+        finally:
+            context.close()
+
+    assert shown == expected, f"The page shows {shown} orders for {params}, the ORM counts {expected}"
+    with open(csv_path, newline="", encoding="utf-8") as file:
+        header, *rows = list(csv.reader(file))
+    assert header == ORDER_HEADER
+    assert len(rows) == expected, f"{len(rows)} data rows in the CSV, {expected} orders match {params}"
+    assert {row[-1] for row in rows} == {STATUS_LABELS[params["status"]]}
+    if params.get("customer"):
+        assert all(params["customer"] in row[2].lower() for row in rows)
+    assert len({row[0] for row in rows}) == len(rows)  # no order twice
+
+
+def export_filtered_orders(page, url, params, folder):
+    """Log in, filter, export, follow the download in the centre and save the file.
+
+    Returns the file's path and the number of orders the page said match the filter.
+    """
+    log_in(page, url, USERNAME, PASSWORD)
+
+    page.select_option("select[name=status]", params["status"])
+    if params.get("customer"):
+        page.fill("input[name=customer]", params["customer"])
+    page.get_by_role("button", name="Filter", exact=True).click()
+    page.wait_for_url(re.compile(rf"\?(.*&)?status={params['status']}"))
+    shown = int(page.locator(".export-bar strong").inner_text().replace(",", ""))
+
+    page.get_by_role("button", name=re.compile(r"^Export [\d,]+ orders as CSV$")).click()
+    # Back on the filtered page; its query now holds the filter only (no empty fields).
+    page.wait_for_url(f"{url}/?{urlencode(params)}")
+    name = f"Orders ({params['status']}"
+    row = page.locator(ROWS).filter(has_text=name)
+    row.wait_for(state="attached")
+
+    open_centre(page)
+    row.locator(LINK).wait_for(state="visible")
+    assert page.locator(ROWS).count() == 1
+    timeline = page.evaluate("window.__timeline")
+    check_timeline(timeline)
+
+    with page.expect_download() as info:
+        row.locator(LINK).click()
+    download = info.value
+    assert download.failure() is None
+    assert download.suggested_filename.endswith(".csv")
+    path = folder / download.suggested_filename
+    download.save_as(path)
+    return path, shown
+
+
+def open_centre(page):
+    """Open the centre's <details>, in the sets that have one (the toasts are always shown)."""
+    details = page.locator("#async-downloads-centre details")
+    if details.count() and details.get_attribute("open") is None:
+        details.locator("summary").click()
+
+
+def check_timeline(timeline):
+    """The row came before its link, its progress rose and never went back, and it ended complete."""
+    assert timeline, "The download list never appeared."
+    first_row = next(i for i, entry in enumerate(timeline) if entry["rows"])
+    first_link = next(i for i, entry in enumerate(timeline) if entry["link"])
+    assert first_row <= first_link, timeline
+    values = [entry["value"] for entry in timeline if entry["value"] is not None]
+    assert values == sorted(values), f"Progress went back: {timeline}"
+    assert all(0 <= value <= 100 for value in values), timeline
+    if first_row < first_link:
+        # The page was rendered before the export finished: the stream replays every step
+        # from then on, so the bar must have moved.
+        assert len(set(values)) >= 2, f"No progress seen: {timeline}"
+    assert timeline[-1]["link"] and not timeline[-1]["progress"], timeline
+
+
+# --- `just demo` from a fresh clone -----------------------------------------------------------
+
+
+def _processes():
+    """``{pid: (ppid, pgid, sid, start time)}`` of every process that runs (zombies have ended), from /proc."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as file:
+                stat = file.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, pgrp, session…
+        if fields[0] == "Z":
+            continue
+        found[int(entry)] = (int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19]))
+    return found
+
+
+def _tree(root_pid, processes):
+    """``{pid: start time}`` of ``root_pid`` and its descendants."""
+    children = {}
+    for pid, (ppid, *_) in processes.items():
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = {}, [root_pid]
+    while todo:
+        pid = todo.pop()
+        if pid in processes:
+            tree[pid] = processes[pid][3]
+            todo.extend(children.get(pid, ()))
+    return tree
+
+
+def _still_running(seen, leaders):
+    """Processes of the demo's tree that still run, and any process in a group or session of ``leaders``."""
+    left = []
+    for pid, (_, pgid, sid, started) in _processes().items():
+        if seen.get(pid) == started or pgid in leaders or sid in leaders:
+            left.append(pid)
+    return left
+
+
+def _describe(pids):
+    lines = []
+    for pid in pids:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            lines.append(f"{pid}: {command}")
+        except OSError:
+            lines.append(f"{pid}: (gone)")
+    return "\n".join(lines)
+
+
+def _clean_env(**extra):
+    """This environment without what ties it to this checkout (its venv, settings, test run)."""
+    env = {
+        key: value for key, value in os.environ.items()
+        if key not in {"VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTHONPATH", "DJANGO_SETTINGS_MODULE",
+                       "PYTHONHOME", "REDIS_URL", "SHOWCASE"}
+        and not key.startswith(("ASYNC_DOWNLOADS_", "SAMPLE_SITE_", "COVERAGE_"))
+    }
+    env["PATH"] = os.pathsep.join(
+        part for part in env.get("PATH", "").split(os.pathsep) if part and not part.startswith(str(ROOT))
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_just_demo_from_a_fresh_clone_serves_and_stops_cleanly(tmp_path):
+    """The README's demo command in a fresh clone of the committed HEAD (uncommitted changes don't count)."""
+    need_redis_server()
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=60)
+    port = demo_processes.free_port()
+    log_path = tmp_path / "demo.log"
+    with demo_processes.private_redis() as redis_url, open(log_path, "wb") as log:
+        demo = subprocess.Popen(
+            ["bash", "-c", "python3 -m venv .venv && .venv/bin/pip install -q rust-just uv && .venv/bin/just demo"],
+            cwd=clone, env=_clean_env(PORT=str(port), REDIS_URL=redis_url),
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            process_group=0,  # its own group, as a terminal would give it: Ctrl-C reaches all of it
+        )
+        pgid = demo.pid
+        seen = {}  # every process of the demo's tree, pid: start time
+        leaders = {pgid}
+        try:
+            status = _wait_until_served(f"http://127.0.0.1:{port}/", demo, seen, log_path, timeout=240)
+            assert status in (200, 302)
+            time.sleep(1)
+            running = _tree(demo.pid, _processes())
+            seen.update(running)
+            # The Procfile's processes run in sessions of their own (honcho starts them so):
+            # whatever runs in the groups and sessions they lead counts, even if orphaned.
+            leaders |= set(running)
+            names = _describe(seen)
+            assert "uvicorn" in names and "celery" in names, names
+
+            os.killpg(pgid, signal.SIGINT)  # Ctrl-C
+            deadline = time.monotonic() + 15
+            while (left := _still_running(seen, leaders)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not left, f"Still running 15 s after Ctrl-C:\n{_describe(left)}\n{log_path.read_text()[-3000:]}"
+            demo.wait(5)  # reap it: until then the group still has a (zombie) member
+            with pytest.raises(ProcessLookupError):
+                os.killpg(pgid, 0)
+        finally:
+            for pid in _still_running(seen, leaders):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if demo.poll() is None:
+                demo.kill()
+                demo.wait()
+            shutil.rmtree(clone, ignore_errors=True)  # a venv and a 300,000-order database
+
+
+def _wait_until_served(url, demo, seen, log_path, timeout):
+    """The status of GET ``url`` (redirects not followed) once the demo answers it."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    deadline = time.monotonic() + timeout
+    while True:
+        seen.update(_tree(demo.pid, _processes()))
+        try:
+            with opener.open(url, timeout=2) as response:
+                return response.status
+        except urllib.error.HTTPError as error:  # a redirect (not followed), or an error the test reports
+            return error.code
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if demo.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"`just demo` did not serve {url} (exit status {demo.poll()}):\n{log_path.read_text()[-5000:]}")
+        time.sleep(0.5)
