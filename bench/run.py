@@ -808,6 +808,30 @@ def bench_update_percentage(opts):
     return {"results": results, "targets": [], "markdown": markdown}
 
 
+# --------------------------------------------------------------------------- live delivery
+
+
+@section("ws_latency", "WS mode: latency of one update, WebSocket next to SSE")
+def bench_ws_latency(opts):
+    from bench import ws_latency
+
+    r = ws_latency.run()
+    rows = [
+        [name, r[name]["n"], f"{r[name]['p50_ms']} ms", f"{r[name]['p99_ms']} ms", r[name].get("lost", 0)]
+        for name in ("ws", "sse")
+    ]
+    log(f"ws_latency: WS p50 {r['ws']['p50_ms']} / p99 {r['ws']['p99_ms']} ms; "
+        f"SSE p50 {r['sse']['p50_ms']} / p99 {r['sse']['p99_ms']} ms")
+    markdown = "\n".join([
+        md_table(["transport", "updates", "p50", "p99", "lost"], rows),
+        "",
+        "From `set_percentage` in a worker process (time taken just before the call) to the message at a "
+        "client of a uvicorn process (same machine clock); WebSocket through channels-redis, SSE through "
+        "django-eventstream's Redis pub/sub, measured one after the other in the same run.",
+    ])
+    return {"results": r, "targets": [], "markdown": markdown}
+
+
 # --------------------------------------------------------------------------- report
 
 
