@@ -7,3 +7,6 @@ class AsyncDownloadsConfig(AppConfig):
 
     def ready(self):
         from . import checks  # noqa: F401  (registers the system checks)
+        from . import jobs
+
+        jobs.connect_signals()

@@ -11,7 +11,7 @@ import uuid
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from . import events, files, store
+from . import events, files, jobs, store
 from .conf import settings
 from .users import user_pk
 
@@ -19,10 +19,15 @@ logger = logging.getLogger(__name__)
 
 PENDING, RUNNING, COMPLETE, ERROR, CANCELLED = "pending", "running", "complete", "error", "cancelled"
 FINISHED = frozenset({COMPLETE, ERROR, CANCELLED})
+RETRYABLE = frozenset({ERROR, CANCELLED})
 SAVE_FAILED = _("The file could not be saved. Please try again later.")
+TASK_FAILED = _("The export failed. Please try again.")
+STALLED = _("The export stopped responding.")
 KEY_PATTERN = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 
 __all__ = [
+    "DownloadCancelled",
+    "cancel_download",
     "cleanup_collection",
     "clear_download",
     "get_collection_key",
@@ -30,12 +35,22 @@ __all__ = [
     "get_downloads",
     "get_user_download",
     "init_download",
+    "is_cancelled",
     "is_download_key",
+    "retry_download",
     "save_download",
     "set_error",
     "set_percentage",
     "update_percentage",
 ]
+
+
+class DownloadCancelled(Exception):
+    """The user cancelled the download.
+
+    ``set_percentage`` and ``update_percentage`` raise it in the download's task:
+    let it propagate to end the task (no file is kept either way).
+    """
 
 
 def get_collection_key(user):
@@ -85,7 +100,8 @@ def get_download(download_key):
     """The record of a download, or None if it is unknown, cleared or expired."""
     if not is_download_key(download_key):
         return None
-    return store.read(download_key)
+    record = store.read(download_key)
+    return _fail_if_stalled(record) if _stalled(record) else record
 
 
 def get_user_download(user, download_key):
@@ -104,7 +120,35 @@ def get_downloads(user):
 def get_downloads_for_pk(pk):
     keys = store.get_cache().get(settings.COLLECTION_KEY_FORMAT.format(pk)) or []
     records = [r for r in store.read_many(keys) if r.get("user_id") == pk]
-    return sorted(records, key=lambda r: r["created"], reverse=True)
+    records = [_fail_if_stalled(r) if _stalled(r) else r for r in records]
+    return sorted([r for r in records if r is not None], key=lambda r: r["created"], reverse=True)
+
+
+def _stalled(record):
+    """A running download whose task has changed nothing for ``STALL_TIMEOUT`` seconds."""
+    return (
+        record is not None
+        and record["state"] == RUNNING
+        and time.time() - record["updated"] > settings.STALL_TIMEOUT
+    )
+
+
+def _fail_if_stalled(record):
+    """Turn a stalled download into an error (its worker died); return its current record."""
+
+    def change(current):
+        if not _stalled(current):
+            return False
+        _mark(current, ERROR, str(STALLED))
+
+    failed = store.update(record["key"], change)
+    if failed is None:
+        return store.read(record["key"])  # changed meanwhile: a report came in, or it was cleared
+    logger.error(
+        "Download %s: its task reported nothing for %s s; marked as failed.", record["key"], settings.STALL_TIMEOUT
+    )
+    events.download_changed(failed, events.FAILED)
+    return failed
 
 
 def save_download(download_key, iterable=None, file=None, encoding="utf-8"):
@@ -117,6 +161,10 @@ def save_download(download_key, iterable=None, file=None, encoding="utf-8"):
         return
     try:
         path = _write(record, iterable, file, encoding)
+    except DownloadCancelled:
+        # Noticed by a progress report while the rows were written: keep no file.
+        _discard_files(record["filepath"])
+        return
     except Exception:
         logger.exception("Saving download %s (%r) failed.", download_key, record["name"])
         _finish(download_key, ERROR, errors=str(SAVE_FAILED))
@@ -192,17 +240,43 @@ def set_error(download_key, error):
 
 
 def set_percentage(download_key, percentage):
-    """Set the progress of a download, clamped to 0..100 (100 comes with the file)."""
+    """Set the progress of a download, clamped to 0..100 (100 comes with the file).
+
+    Raises ``DownloadCancelled`` if the download was cancelled. An unchanged
+    value is written again now and then (see ``heartbeat_interval``), so that
+    a slow but live task is never taken for a stalled one.
+    """
     value = _checked_percentage(percentage)
+    moved = []
 
     def change(record):
-        if record["state"] in FINISHED or (record["percentage"] == value and record["state"] == RUNNING):
+        if record["state"] == CANCELLED:
+            raise DownloadCancelled(download_key)
+        if record["state"] in FINISHED:
             return False
+        if record["percentage"] == value and record["state"] == RUNNING:
+            return time.time() - record["updated"] >= heartbeat_interval()
         record.update(percentage=value, state=RUNNING)
+        moved.append(value)
 
     record = store.update(download_key, change)
-    if record is not None:
+    if record is not None and moved:
         events.download_changed(record, events.UPDATED)
+
+
+def heartbeat_interval():
+    """How often a running task's unchanged progress is written again: a quarter of the stall timeout."""
+    return settings.STALL_TIMEOUT / 4
+
+
+def is_cancelled(download_key):
+    """Whether the user cancelled the download (for tasks that report no progress).
+
+    A cleared or expired download is not cancelled: its task may finish, and
+    its file is then deleted at once.
+    """
+    record = store.read(download_key) if is_download_key(download_key) else None
+    return record is not None and record["state"] == CANCELLED
 
 
 def _checked_percentage(percentage):
@@ -213,8 +287,9 @@ def _checked_percentage(percentage):
     return min(max(0, int(percentage)), 100)
 
 
-# The last percentage each download showed, per process: update_percentage is
-# called once per row, so it must decide without asking the cache.
+# The last percentage each download showed, and when it is next due to be written
+# again even if unchanged, per process: update_percentage is called once per row,
+# so it must decide without asking the cache.
 _shown = {}
 _SHOWN_LIMIT = 4096
 
@@ -223,20 +298,22 @@ def update_percentage(download_key, total, cur, resolution=10):
     """Report that row ``cur`` (0-based) of ``total`` is done.
 
     The shown value moves in steps of ``100 / resolution`` percent (resolution
-    is capped to 1..100) and is written only when it changes; it stops at 99
-    until the file is saved.
+    is capped to 1..100) and is written only when it changes (or, unchanged, once per
+    ``heartbeat_interval()``); it stops at 99 until the file is saved. Raises
+    ``DownloadCancelled`` when it writes and finds the download cancelled.
     """
     if total <= 0:
         return
     resolution = min(max(1, int(resolution)), 100)
     step = min((cur + 1) * resolution // total, resolution)
     percentage = min(step * 100 // resolution, 99)
-    if _shown.get(download_key) == percentage:
+    shown = _shown.get(download_key)
+    if shown is not None and shown[0] == percentage and time.monotonic() < shown[1]:
         return
     set_percentage(download_key, percentage)
     if len(_shown) >= _SHOWN_LIMIT:
         _shown.clear()
-    _shown[download_key] = percentage
+    _shown[download_key] = (percentage, time.monotonic() + heartbeat_interval())
 
 
 def cleanup_collection(collection_key):
@@ -263,3 +340,88 @@ def clear_download(download_key, user=None):
     _discard_files((removed or record)["filepath"])
     events.download_changed(removed or record, events.CLEARED)
     return True
+
+
+def cancel_download(download_key, user=None):
+    """Stop a pending or running download (only the user's own when ``user`` is given).
+
+    Its task is revoked if it has not started yet, and otherwise learns at its
+    next progress report (``DownloadCancelled``) or ``is_cancelled`` check. No
+    file is kept. Returns True if the download was cancelled.
+    """
+    if (get_download(download_key) if user is None else get_user_download(user, download_key)) is None:
+        return False
+
+    def change(record):
+        if record["state"] in FINISHED:
+            return False
+        _mark(record, CANCELLED)
+
+    record = store.update(download_key, change)
+    if record is None:
+        return False
+    _shown.pop(download_key, None)
+    jobs.revoke(record.get("task_id"))
+    _discard_files(record["filepath"])
+    events.download_changed(record, events.CANCELLED)
+    return True
+
+
+def is_retryable(record):
+    """Whether ``retry_download`` can start the task of this record again."""
+    return record["state"] in RETRYABLE and bool(record.get("task"))
+
+
+def retry_download(download_key, user):
+    """Start the task of a failed or cancelled download again, with the same arguments.
+
+    Only for the user's own downloads started through the shortcuts. The retry
+    is a new download (same file name and name) that replaces the old one in the
+    list. Returns the new download key, or None if there was nothing to retry.
+    """
+    record = get_user_download(user, download_key)
+    if record is None:
+        return None
+    task = {}
+
+    def claim(current):
+        # Under the lock, so that a double click starts one task only.
+        if not is_retryable(current):
+            return False
+        task.update(current.pop("task"))
+
+    if store.update(download_key, claim) is None:
+        return None
+    _, new_key = init_download(record["user_id"], record["filename"], record["name"])
+    try:
+        jobs.restart(task, new_key)
+    except Exception:
+        # The broker is down, say: the new row fails, and can be retried again.
+        logger.exception("Could not start task %s again for download %s.", task["name"], new_key)
+        _finish(new_key, ERROR, errors=str(TASK_FAILED))
+    clear_download(download_key)
+    return new_key
+
+
+def task_failed(download_key, task_id, task_name):
+    """Mark a download as failed after its task raised, if that task was started for it
+    by the shortcuts; returns the record, or None when it was not theirs or had finished."""
+    if not is_download_key(download_key):
+        return None
+
+    def change(record):
+        if record["state"] in FINISHED or not _started_by(record, task_id, task_name):
+            return False
+        _mark(record, ERROR, str(TASK_FAILED))
+
+    record = store.update(download_key, change)
+    if record is not None:
+        events.download_changed(record, events.FAILED)
+    return record
+
+
+def _started_by(record, task_id, task_name):
+    if record.get("task_id"):
+        return record["task_id"] == task_id
+    # The task may fail before the shortcut has stored its id.
+    return bool(record.get("task")) and record["task"]["name"] == task_name

@@ -23,6 +23,7 @@ DEFAULTS = {
     "TRANSPORT": "sse",
     "POLL_INTERVAL": 2,
     "WS_URL": "/ws/async_downloads/",
+    "STALL_TIMEOUT": 600,
 }
 
 

@@ -44,6 +44,9 @@ def centre_context(pk, downloads=None, preserve=False):
         "centre_url": reverse("async_downloads:centre"),
         "poll_interval": settings.POLL_INTERVAL,
         "idle_poll_interval": settings.IDLE_POLL_INTERVAL,
+        # A pushed page hears nothing from a dead worker: now and then it asks, which
+        # makes the centre view turn stalled downloads into errors (and push that).
+        "stall_check_interval": max(1, int(settings.STALL_TIMEOUT // 2)),
         "version": version(downloads),
         "preserve": preserve,
         "events_url": "",

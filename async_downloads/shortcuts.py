@@ -3,12 +3,14 @@
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from . import jobs
 from .cache import init_download, save_download, update_percentage
 
 __all__ = ["init_generic_csv_download", "queryset_to_csv"]
 
 ITERATOR_CHUNK_SIZE = 2000
 PROGRESS_RESOLUTION = 10
+HEARTBEAT_ROWS = 1000
 
 
 def queryset_to_csv(download_key, header, queryset, row_function, encoding="utf-8"):
@@ -29,7 +31,8 @@ def queryset_to_csv(download_key, header, queryset, row_function, encoding="utf-
         for index, obj in enumerate(queryset.iterator(chunk_size=ITERATOR_CHUNK_SIZE)):
             if index >= report_at:
                 update_percentage(download_key, total, index, PROGRESS_RESOLUTION)
-                report_at = _next_report(index, total)
+                # Also every HEARTBEAT_ROWS rows, so that a slow step is not taken for a stall.
+                report_at = min(_next_report(index, total), index + HEARTBEAT_ROWS)
             yield row_function(obj)
 
     save_download(download_key, rows(), encoding=encoding)
@@ -49,12 +52,16 @@ def init_generic_csv_download(task, user, name, *task_args, **task_kwargs):
     """Start ``task.delay(download_key, *task_args, **task_kwargs)`` for a new CSV download.
 
     The file is named after ``name`` and the current time. Returns
-    ``(collection_key, download_key)``.
+    ``(collection_key, download_key)``. The task's name, arguments and id are
+    kept in the record, so the download can be cancelled, retried, and is
+    marked as failed if the task raises; the arguments must therefore be
+    JSON-serialisable (a TypeError says which one is not, before anything starts).
     """
+    jobs.check_arguments(task, task_args, task_kwargs)
     now = _local_now()
     filename = f"{name.replace(' ', '_')}_{now:%Y-%m-%d_%H-%M}.csv"
     collection_key, download_key = init_download(user, filename, f"{name} {now:%Y-%m-%d}")
-    task.delay(download_key, *task_args, **task_kwargs)
+    jobs.start(task, download_key, task_args, task_kwargs)
     return collection_key, download_key
 
 

@@ -8,7 +8,7 @@ from django.template.loader import render_to_string
 from django.utils.http import content_disposition_header
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST, require_safe
-from django_htmx.http import HttpResponseStopPolling
+from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
 from . import cache, files, partials
 from .conf import settings
@@ -95,6 +95,27 @@ def clear(request, download_key):
     if not cache.clear_download(download_key, user=request.user):
         raise Http404("No such download.")
     return HttpResponse("")
+
+
+@login_required
+@require_POST
+def cancel(request, download_key):
+    """Cancel one of the user's own pending or running downloads; answer with its row."""
+    if not cache.cancel_download(download_key, user=request.user):
+        raise Http404("No such download in progress.")
+    return HttpResponse(partials.render_row(_owned_download(request, download_key)))
+
+
+@login_required
+@require_POST
+def retry(request, download_key):
+    """Start a failed or cancelled download of the user's again; answer with the new row."""
+    new_key = cache.retry_download(download_key, user=request.user)
+    if new_key is None:
+        raise Http404("No such download to retry.")
+    response = HttpResponse(partials.render_row(_owned_download(request, new_key)))
+    # An idle centre connects its stream at once.
+    return trigger_client_event(response, "async-downloads:started")
 
 
 # The endpoints of earlier releases, kept for sites still running the old polling script.

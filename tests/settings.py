@@ -103,6 +103,9 @@ EVENTSTREAM_STORAGE_CONNECTION = _redis
 EVENTSTREAM_CHANNELMANAGER_CLASS = "async_downloads.sse.ChannelManager"
 # Idle pages look for new downloads every 3 s here (30 s by default), to keep tests short.
 ASYNC_DOWNLOADS_IDLE_POLL_INTERVAL = 3
+# A worker started by the stall test (tests/test_stall.py) beats fast enough for its short timeout.
+if os.environ.get("ASYNC_DOWNLOADS_TEST_STALL_TIMEOUT"):
+    ASYNC_DOWNLOADS_STALL_TIMEOUT = float(os.environ["ASYNC_DOWNLOADS_TEST_STALL_TIMEOUT"])
 # Pub/sub ignores the db number: the channel prefix keeps this run's events apart.
 ASYNC_DOWNLOADS_WS_CHANNEL_NAME = f"adtest-{RUN_ID}"
 
@@ -118,6 +121,10 @@ CHANNEL_LAYERS = {
 ASYNC_DOWNLOADS_WS_MODE = os.environ.get("ASYNC_DOWNLOADS_TEST_WS") == "1"
 if ASYNC_DOWNLOADS_WS_MODE:
     CELERY_TASK_DEFAULT_QUEUE += "-ws"
+
+# A queue that workers read only when a test asks them to (tests/test_cancel.py).
+ELSEWHERE_QUEUE = f"adtest-{RUN_ID}-elsewhere"
+CELERY_TASK_ROUTES = {"tests.testapp.tasks.queued_elsewhere": {"queue": ELSEWHERE_QUEUE}}
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 

@@ -66,3 +66,36 @@ def report_error(download_key, message):
     from async_downloads.cache import set_error
 
     set_error(download_key, message)
+
+
+@shared_task
+def raising_export(download_key, message="boom"):
+    """An export whose own code raises (not inside save_download)."""
+    from async_downloads.cache import set_percentage
+
+    set_percentage(download_key, 10)
+    raise RuntimeError(f"{message} (host=db.internal)")
+
+
+@shared_task
+def wait_for_cancel(download_key, timeout=30):
+    """A task that reports no progress and checks ``is_cancelled`` instead."""
+    import time
+
+    from async_downloads.cache import is_cancelled, set_percentage
+
+    set_percentage(download_key, 5)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if is_cancelled(download_key):
+            return "cancelled"
+        time.sleep(0.05)
+    return "timed out"
+
+
+@shared_task
+def queued_elsewhere(download_key):
+    """Routed to a queue that no worker reads until a test adds it (tests/settings.py)."""
+    from async_downloads.cache import save_download
+
+    save_download(download_key, [["ran"]])
