@@ -2,6 +2,7 @@ import posixpath
 from urllib.parse import quote
 
 from django.contrib.auth.decorators import login_required
+from django.core.files.storage import Storage
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.loader import render_to_string
@@ -46,11 +47,8 @@ def download(request, download_key):
 def _redirects_to_storage(storage):
     if settings.REDIRECT_TO_STORAGE_URL is not None:
         return settings.REDIRECT_TO_STORAGE_URL
-    try:
-        storage.path("")
-    except NotImplementedError:
-        return True
-    return False
+    # Storage.path() is only implemented by storages with local files.
+    return type(storage).path is Storage.path
 
 
 def _sendfile_response(storage, record):

@@ -6,12 +6,9 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from async_downloads import cache
-from tests.browser import launch, log_in
+from tests.browser import VALUE_NOW, export_and_watch, launch, log_in
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
-
-
-VALUE_NOW = "document.querySelector('[role=progressbar]')?.getAttribute('aria-valuenow') ?? null"
 
 
 @pytest.fixture
@@ -32,24 +29,10 @@ def test_export_progress_and_download(browser, celery_worker, web_server, alice,
     log_in(page, web_server, "alice", "alice-pw")
     assert page.locator("[sse-connect]").count() == 0  # nothing running: no stream
 
-    page.click("text=Export squares")
-    page.wait_for_url(f"{web_server}/")
-    page.click(".async-downloads__toggle")
-    seen = []
-    deadline = time.monotonic() + 30
-    while not page.locator(".async-download__link").count():
-        if time.monotonic() > deadline:
-            page.screenshot(path=tmp_path / "no-link.png")
-            pytest.fail(f"No link after 30 s; progress seen: {seen}; responses: {responses}")
-        value = page.evaluate(VALUE_NOW)
-        if value is not None and (not seen or seen[-1] != int(value)):
-            seen.append(int(value))
-        time.sleep(0.02)
+    seen = export_and_watch(page, web_server, tmp_path, lambda: f"responses: {responses}")
     assert len(seen) >= 3, seen
     assert seen == sorted(seen), seen
-    assert page.locator("#async-downloads-status").inner_text().endswith("is ready to download.")
     assert page.locator("[sse-connect]").count() == 0  # the finished centre closed its stream
-    assert page.locator(".async-downloads__menu").get_attribute("open") is not None  # still open
     page.screenshot(path=tmp_path / "complete.png")
 
     with page.expect_download() as info:
@@ -110,7 +93,6 @@ def test_an_idle_tab_connects_when_a_download_starts_elsewhere(browser, celery_w
 
 def test_an_idle_tab_shows_an_export_that_ran_between_two_polls(browser, celery_worker, web_server, alice):
     page = browser.new_page()
-    requests = events_requests(page)
     log_in(page, web_server, "alice", "alice-pw")
     key = start_export(alice, rows=2, pause=0)
     page.wait_for_selector(f"#download-{key} .async-download__link", state="attached", timeout=10_000)

@@ -365,8 +365,6 @@ def test_nothing_fails_at_import_without_channels():
 
 # ---------------------------------------------------------------- a real browser, in WS mode
 
-VALUE_NOW = "document.querySelector('[role=progressbar]')?.getAttribute('aria-valuenow') ?? null"
-
 
 @pytest.fixture
 def browser(monkeypatch):
@@ -404,7 +402,7 @@ def ws_server(django_db_setup):
 
 @pytest.mark.browser
 def test_export_progress_over_websockets_in_chromium(browser, ws_worker, ws_server, alice, tmp_path):
-    from tests.browser import log_in
+    from tests.browser import export_and_watch, log_in
 
     page = browser.new_page()
     sockets = []
@@ -412,24 +410,10 @@ def test_export_progress_over_websockets_in_chromium(browser, ws_worker, ws_serv
     log_in(page, ws_server.url, "alice", "alice-pw")
     assert page.locator("[ws-connect]").count() == 1 and page.locator("[sse-connect]").count() == 0
 
-    page.click("text=Export squares")
-    page.wait_for_url(f"{ws_server.url}/")
-    page.click(".async-downloads__toggle")
-    seen = []
-    deadline = time.monotonic() + 30
-    while not page.locator(".async-download__link").count():
-        if time.monotonic() > deadline:
-            page.screenshot(path=tmp_path / "no-link.png")
-            pytest.fail(f"No link after 30 s; progress seen: {seen}; sockets: {sockets}")
-        value = page.evaluate(VALUE_NOW)
-        if value is not None and (not seen or seen[-1] != int(value)):
-            seen.append(int(value))
-        time.sleep(0.02)
+    seen = export_and_watch(page, ws_server.url, tmp_path, lambda: f"sockets: {sockets}")
     assert len(seen) >= 3, seen
     assert seen == sorted(seen), seen
-    assert page.locator("#async-downloads-status").inner_text().endswith("is ready to download.")
     assert page.locator("[ws-connect]").count() == 1  # the finished centre stays connected
-    assert page.locator(".async-downloads__menu").get_attribute("open") is not None
     assert sockets == [f"ws://127.0.0.1:{ws_server.port}/ws/async_downloads/"] * 2  # one per page load
     (record,) = cache.get_downloads(alice)
     assert page.locator(".async-download__link").get_attribute("href") == f"/async_downloads/download/{record['key']}/"
@@ -437,7 +421,7 @@ def test_export_progress_over_websockets_in_chromium(browser, ws_worker, ws_serv
 
 @pytest.mark.browser
 def test_a_page_reconnects_and_catches_up_after_the_server_died(browser, ws_worker, ws_server, alice):
-    from tests.browser import log_in
+    from tests.browser import VALUE_NOW, log_in
     from tests.testapp.tasks import slow_export
 
     page = browser.new_page()
