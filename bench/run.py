@@ -832,6 +832,16 @@ def bench_ws_latency(opts):
     return {"results": r, "targets": [], "markdown": markdown}
 
 
+@section("live", "Live delivery: latency, memory per stream, CPU against polling")
+def bench_live(opts):
+    from bench import live
+
+    r = live.run()
+    for verdict in r["verdicts"]:
+        log(f"live: {verdict['name']}: {verdict['measured']} (target {verdict['target']})")
+    return {"results": r, "targets": r["verdicts"], "markdown": live.markdown(r)}
+
+
 # --------------------------------------------------------------------------- report
 
 
