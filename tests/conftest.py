@@ -89,3 +89,32 @@ def web_server(django_db_setup, django_db_blocker):
     process, url = start_uvicorn()
     yield url
     stop(process)
+
+
+@pytest.fixture
+def client_for():
+    """A test client signed in as ``user`` (checking CSRF tokens when ``csrf``)."""
+    from django.test import Client
+
+    def make(user, csrf=False):
+        client = Client(enforce_csrf_checks=csrf)
+        client.force_login(user)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    """A headless Chromium (Debian's), driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import launch
+
+    # Playwright's sync API runs an event loop in this thread; the test's own
+    # ORM calls are still synchronous and safe.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        yield browser
+        browser.close()

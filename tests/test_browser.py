@@ -3,23 +3,11 @@
 import time
 
 import pytest
-from playwright.sync_api import sync_playwright
 
 from async_downloads import cache
-from tests.browser import VALUE_NOW, export_and_watch, launch, log_in
+from tests.browser import VALUE_NOW, export_and_watch, log_in
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
-
-
-@pytest.fixture
-def browser(monkeypatch):
-    # Playwright's sync API runs an event loop in this thread; the test's own
-    # ORM calls are still synchronous and safe.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        yield browser
-        browser.close()
 
 
 def test_export_progress_and_download(browser, celery_worker, web_server, alice, tmp_path):

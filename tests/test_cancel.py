@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 from celery.exceptions import TaskRevokedError
-from django.test import Client
 from django.urls import reverse
 
 from async_downloads import cache, events, partials
@@ -195,16 +194,6 @@ class TestWithAWorker:
             app.control.cancel_consumer(settings.ELSEWHERE_QUEUE, reply=True, timeout=10)
         assert cache.get_download(key)["state"] == "cancelled"
         assert not (storage_root(settings) / "downloads" / key).exists()
-
-
-@pytest.fixture
-def client_for():
-    def make(user, csrf=False):
-        client = Client(enforce_csrf_checks=csrf)
-        client.force_login(user)
-        return client
-
-    return make
 
 
 class TestView:

@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 
 import pytest
-from django.test import Client
 from django.urls import reverse
 
 from async_downloads import cache, partials
@@ -124,16 +123,6 @@ class TestArgumentsMustBeJson:
     def test_the_message_shows_the_value(self, alice):
         with pytest.raises(TypeError, match=r"is datetime\.date\(2024, 1, 1\)"):
             init_generic_csv_download(report_progress, alice, "Steps", since=datetime.date(2024, 1, 1))
-
-
-@pytest.fixture
-def client_for():
-    def make(user, csrf=False):
-        client = Client(enforce_csrf_checks=csrf)
-        client.force_login(user)
-        return client
-
-    return make
 
 
 class TestView:

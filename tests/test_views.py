@@ -1,22 +1,11 @@
 """The centre, clear and download views: owner checks, methods, CSRF."""
 
 import pytest
-from django.test import Client
 from django.urls import reverse
 
 from async_downloads import cache
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def client_for():
-    def make(user, csrf=False):
-        client = Client(enforce_csrf_checks=csrf)
-        client.force_login(user)
-        return client
-
-    return make
 
 
 def csrf_post(client, url, **data):

@@ -367,19 +367,6 @@ def test_nothing_fails_at_import_without_channels():
 
 
 @pytest.fixture
-def browser(monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    from tests.browser import launch
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
 def ws_server(django_db_setup):
     """A uvicorn process serving tests.asgi_ws in WS mode; ``restart()`` kills it and starts another."""
 
