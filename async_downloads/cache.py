@@ -361,7 +361,7 @@ def cancel_download(download_key, user=None):
     if record is None:
         return False
     _shown.pop(download_key, None)
-    jobs.revoke(record.get("task_id"))
+    jobs.revoke(record)
     _discard_files(record["filepath"])
     events.download_changed(record, events.CANCELLED)
     return True

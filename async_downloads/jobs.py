@@ -1,17 +1,63 @@
-"""The Celery tasks of downloads started through the shortcuts: start, retry, revoke, failures.
+"""The tasks of downloads started through the shortcuts: start, retry, revoke, failures.
 
-A download started by ``init_generic_csv_download`` remembers its task's name,
-arguments and id in its record: that is what lets ``retry_download`` start the
-same task again, ``cancel_download`` revoke it, and ``task_failure`` find the
-download of a task that raised.
+A download started by ``start_download`` or ``init_generic_csv_download``
+remembers its task (name, arguments, id) in its record: that is what lets
+``retry_download`` start the same task again, ``cancel_download`` revoke it,
+and a failure signal find the download of a task that raised.
+
+Two kinds of task are understood: Celery tasks (anything with ``delay``) and
+tasks of Django's Tasks framework (``django.tasks`` on Django 6, or the
+``django_tasks`` backport), which are enqueued with ``enqueue``.
 """
 
+import importlib
 import json
 import logging
+
+from django.utils.module_loading import import_string
 
 from . import store
 
 logger = logging.getLogger(__name__)
+
+CELERY, DJANGO = "celery", "django"
+TASKS_FRAMEWORKS = ("django.tasks", "django_tasks")
+CANCELLED_PATH = "async_downloads.cache.DownloadCancelled"
+
+
+def tasks_frameworks():
+    """The installed modules of Django's Tasks framework (Django's own first, then the backport)."""
+    found = []
+    for name in TASKS_FRAMEWORKS:
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    return found
+
+
+def is_django_task(task):
+    for framework in tasks_frameworks():
+        if isinstance(task, importlib.import_module(f"{framework.__name__}.base").Task):
+            return True
+    return False
+
+
+def task_name(task):
+    """What identifies ``task`` in a record: Celery's task name, or a Django task's import path."""
+    if is_django_task(task):
+        return task.module_path
+    return getattr(task, "name", None) or repr(task)
+
+
+def check_task(task):
+    """Raise a TypeError unless ``task`` is a Celery task or a Django Tasks task."""
+    if is_django_task(task) or callable(getattr(task, "delay", None)):
+        return
+    raise TypeError(
+        f"{task!r} is not a task: pass a Celery task (decorated with @shared_task or @app.task) "
+        "or a task of Django's Tasks framework (decorated with @task)."
+    )
 
 
 def check_arguments(task, args, kwargs):
@@ -23,26 +69,45 @@ def check_arguments(task, args, kwargs):
             json.dumps(value)
         except (TypeError, ValueError):
             raise TypeError(
-                f"The {label} of {_task_name(task)} is {value!r}, which is not JSON-serialisable. "
+                f"The {label} of {task_name(task)} is {value!r}, which is not JSON-serialisable. "
                 "Pass plain values (str, int, float, bool, None, and lists and dicts of those), "
                 "such as a primary key instead of a model instance."
             ) from None
 
 
-def _task_name(task):
-    return getattr(task, "name", None) or repr(task)
+def describe(task, args, kwargs):
+    """The record's description of a task call: enough to make the same call again.
+
+    None for an object that only has ``delay``: without a Celery task name it
+    cannot be started again.
+    """
+    name = task.module_path if is_django_task(task) else getattr(task, "name", None)
+    if not name:
+        return None
+    info = {"name": name, "args": list(args), "kwargs": dict(kwargs)}
+    if is_django_task(task):
+        info.update(framework=DJANGO, backend=task.backend, queue=task.queue_name, priority=task.priority)
+    return info
 
 
 def start(task, download_key, args, kwargs):
-    """``task.delay(download_key, *args, **kwargs)``, remembered in the download's record."""
-    return _run(download_key, getattr(task, "name", None), args, kwargs,
-                lambda: task.delay(download_key, *args, **kwargs))
+    """Start ``task`` with ``(download_key, *args, **kwargs)``, remembered in the download's record."""
+    info = describe(task, args, kwargs)
+    if is_django_task(task):
+        return _run(download_key, info, lambda: task.enqueue(download_key, *args, **kwargs))
+    return _run(download_key, info, lambda: task.delay(download_key, *args, **kwargs))
 
 
-def restart(task_info, download_key):
-    """Start the task described by ``task_info`` (from a record) again, for ``download_key``."""
-    name, args, kwargs = task_info["name"], task_info["args"], task_info["kwargs"]
-    return _run(download_key, name, args, kwargs, lambda: _send(name, [download_key, *args], kwargs))
+def restart(info, download_key):
+    """Start the task described by ``info`` (from a record) again, for ``download_key``."""
+    args, kwargs = info["args"], info["kwargs"]
+    if info.get("framework") == DJANGO:
+        task = import_string(info["name"])
+        if not is_django_task(task):
+            raise TypeError(f"{info['name']} is no longer a task of Django's Tasks framework.")
+        task = task.using(backend=info["backend"], queue_name=info["queue"], priority=info["priority"])
+        return _run(download_key, info, lambda: task.enqueue(download_key, *args, **kwargs))
+    return _run(download_key, info, lambda: _send(info["name"], [download_key, *args], kwargs))
 
 
 def _send(name, args, kwargs):
@@ -54,20 +119,25 @@ def _send(name, args, kwargs):
     return current_app.send_task(name, args=args, kwargs=kwargs)
 
 
-def _run(download_key, name, args, kwargs, call):
-    if name:
-        task_info = {"name": name, "args": list(args), "kwargs": dict(kwargs)}
-        store.update(download_key, lambda record: record.update(task=task_info))
+def _run(download_key, info, call):
+    if info:
+        store.update(download_key, lambda record: record.update(task=info))
     result = call()
     task_id = getattr(result, "id", None)
     if task_id:
-        store.update(download_key, lambda record: record.update(task_id=task_id))
+        # An immediate backend has run the task already, and a finished record keeps its id.
+        store.update(download_key, lambda record: record.update(task_id=str(task_id)))
     return result
 
 
-def revoke(task_id):
-    """Keep a task that has not started from running; a running one is left to notice the cancel."""
-    if not task_id:
+def revoke(record):
+    """Keep the task of ``record`` from running if it has not started yet.
+
+    Only Celery can revoke; a task of Django's Tasks framework, like a running
+    Celery task, learns of the cancel at its next progress report.
+    """
+    task_id = record.get("task_id")
+    if not task_id or (record.get("task") or {}).get("framework") == DJANGO:
         return
     try:
         from celery import current_app
@@ -91,9 +161,33 @@ def on_task_failure(sender=None, task_id=None, exception=None, args=None, einfo=
         )
 
 
+def on_task_finished(sender=None, task_result=None, **extra):
+    """Django Tasks' ``task_finished``: the same as ``on_task_failure``, for a task that failed."""
+    from . import cache
+
+    if task_result is None or str(task_result.status) != "FAILED" or not task_result.args:
+        return
+    errors = list(getattr(task_result, "errors", None) or [])
+    exception_path = errors[-1].exception_class_path if errors else ""
+    if exception_path == CANCELLED_PATH:
+        return
+    download_key = task_result.args[0]
+    if cache.task_failed(download_key, str(task_result.id), task_result.task.module_path) is not None:
+        logger.error(
+            "Task %s[%s] of download %s raised %s; the download is marked as failed.",
+            task_result.task.module_path, task_result.id, download_key, exception_path or "an exception",
+        )
+
+
 def connect_signals():
     try:
         from celery.signals import task_failure
     except ImportError:  # pragma: no cover - celery is a dependency, but a site may run without it
-        return
-    task_failure.connect(on_task_failure, dispatch_uid="async_downloads.jobs.on_task_failure")
+        pass
+    else:
+        task_failure.connect(on_task_failure, dispatch_uid="async_downloads.jobs.on_task_failure")
+    for framework in tasks_frameworks():
+        signals = importlib.import_module(f"{framework.__name__}.signals")
+        signals.task_finished.connect(
+            on_task_finished, dispatch_uid=f"async_downloads.jobs.on_task_finished.{framework.__name__}"
+        )

@@ -1,4 +1,9 @@
-"""Helpers for the most common case: a CSV export of a queryset, run by a Celery task."""
+"""Helpers that start a download's task and keep what is needed to cancel, retry and fail it.
+
+``start_download`` starts any task (Celery, or Django's Tasks framework) for a
+new download; ``init_generic_csv_download`` and ``queryset_to_csv`` cover the
+most common case, a CSV export of a queryset.
+"""
 
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -6,7 +11,7 @@ from django.utils import timezone
 from . import jobs
 from .cache import init_download, save_download, update_percentage
 
-__all__ = ["init_generic_csv_download", "queryset_to_csv"]
+__all__ = ["init_generic_csv_download", "queryset_to_csv", "start_download"]
 
 ITERATOR_CHUNK_SIZE = 2000
 PROGRESS_RESOLUTION = 10
@@ -48,21 +53,36 @@ def _next_report(index, total):
     return -(-next_step * total // PROGRESS_RESOLUTION) - 1
 
 
-def init_generic_csv_download(task, user, name, *task_args, **task_kwargs):
-    """Start ``task.delay(download_key, *task_args, **task_kwargs)`` for a new CSV download.
+def start_download(user, filename, task, args=(), kwargs=None, name=None):
+    """Create a download for ``user`` and start ``task(download_key, *args, **kwargs)`` for it.
 
-    The file is named after ``name`` and the current time. Returns
-    ``(collection_key, download_key)``. The task's name, arguments and id are
-    kept in the record, so the download can be cancelled, retried, and is
-    marked as failed if the task raises; the arguments must therefore be
-    JSON-serialisable (a TypeError says which one is not, before anything starts).
+    ``task`` is a Celery task (started with ``delay``) or a task of Django's
+    Tasks framework (started with ``enqueue``, on the backend and queue it was
+    defined or ``using()``-ed with). Returns ``(collection_key, download_key)``.
+
+    The task's name, arguments and id are kept in the record, so the download
+    can be cancelled and retried, and is marked as failed if the task raises;
+    the arguments must therefore be JSON-serialisable (a TypeError says which
+    one is not, before anything is created).
     """
-    jobs.check_arguments(task, task_args, task_kwargs)
+    kwargs = dict(kwargs or {})
+    jobs.check_task(task)
+    jobs.check_arguments(task, tuple(args), kwargs)
+    collection_key, download_key = init_download(user, filename, name)
+    jobs.start(task, download_key, tuple(args), kwargs)
+    return collection_key, download_key
+
+
+def init_generic_csv_download(task, user, name, *task_args, **task_kwargs):
+    """Start ``task(download_key, *task_args, **task_kwargs)`` for a new CSV download.
+
+    The file is named after ``name`` and the current time; the task is started
+    as by ``start_download`` (Celery or Django Tasks). Returns
+    ``(collection_key, download_key)``.
+    """
     now = _local_now()
     filename = f"{name.replace(' ', '_')}_{now:%Y-%m-%d_%H-%M}.csv"
-    collection_key, download_key = init_download(user, filename, f"{name} {now:%Y-%m-%d}")
-    jobs.start(task, download_key, task_args, task_kwargs)
-    return collection_key, download_key
+    return start_download(user, filename, task, task_args, task_kwargs, name=f"{name} {now:%Y-%m-%d}")
 
 
 def _local_now():

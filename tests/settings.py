@@ -32,7 +32,18 @@ INSTALLED_APPS = [
     "django_eventstream",
     "async_downloads",
     "tests.testapp",
+    "django_tasks_db",
 ]
+
+# Django's Tasks framework (tests/test_django_tasks.py): built in from Django 6, the backport before.
+import django  # noqa: E402
+
+_tasks = "django.tasks" if django.VERSION >= (6,) else "django_tasks"
+TASKS = {
+    # Run by `manage.py db_worker` processes on this run's test database.
+    "default": {"BACKEND": "django_tasks_db.DatabaseBackend"},
+    "immediate": {"BACKEND": f"{_tasks}.backends.immediate.ImmediateBackend"},
+}
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

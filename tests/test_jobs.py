@@ -1,7 +1,6 @@
 """A task started through the shortcut that raises turns its download into an error."""
 
 import logging
-import time
 
 import pytest
 from celery.signals import task_failure
@@ -9,18 +8,12 @@ from celery.signals import task_failure
 from async_downloads import cache
 from async_downloads.shortcuts import init_generic_csv_download
 from tests.testapp.tasks import queued_elsewhere, raising_export
+from tests.waits import wait_for_state
 
 pytestmark = pytest.mark.django_db
 
 TASK_FAILED = "The export failed. Please try again."
 
-
-def wait_for_state(key, states, timeout=60):
-    deadline = time.monotonic() + timeout
-    while (record := cache.get_download(key))["state"] not in states:
-        assert time.monotonic() < deadline, f"gave up waiting; last record: {record}"
-        time.sleep(0.02)
-    return record
 
 
 def test_a_raising_task_in_a_worker_marks_its_download_failed(celery_worker, alice):

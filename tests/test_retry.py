@@ -10,16 +10,10 @@ from django.urls import reverse
 from async_downloads import cache, partials
 from async_downloads.shortcuts import init_generic_csv_download
 from tests.testapp.tasks import queued_elsewhere, raising_export, report_progress, slow_export
+from tests.waits import wait_for_state
 
 pytestmark = pytest.mark.django_db
 
-
-def wait_for_state(key, states, timeout=60):
-    deadline = time.monotonic() + timeout
-    while (record := cache.get_download(key)) is None or record["state"] not in states:
-        assert time.monotonic() < deadline, f"gave up waiting; last record: {record}"
-        time.sleep(0.02)
-    return record
 
 
 def started(user):

@@ -1,0 +1,24 @@
+"""The cleanup as a task of Django's Tasks framework, for sites that run no Celery.
+
+``django.tasks`` on Django 6, or the ``django-tasks`` backport on Django 5.2.
+The task runs on the ``default`` task backend unless ``.using(backend=…)`` says
+otherwise; Django's framework has no scheduler, so enqueue it periodically
+(cron, a worker's own scheduling) or run the ``cleanup_expired_downloads``
+management command instead.
+"""
+
+from . import cleanup, jobs
+
+_frameworks = jobs.tasks_frameworks()
+if not _frameworks:
+    raise ImportError(
+        "async_downloads.django_tasks needs Django's Tasks framework: Django 6 or newer, "
+        "or the django-tasks package on Django 5.2."
+    )
+task = _frameworks[0].task
+
+
+@task
+def cleanup_expired_downloads():
+    """Delete the files of downloads whose records have expired; returns their download keys."""
+    return cleanup.cleanup_expired_downloads()
