@@ -1,6 +1,5 @@
 """Cancelling a download: the cache API, what its task sees, the view and the row."""
 
-import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ from django.urls import reverse
 from async_downloads import cache, events, partials
 from async_downloads.shortcuts import init_generic_csv_download
 from tests.testapp.tasks import queued_elsewhere, report_progress, slow_export, wait_for_cancel
+from tests.waits import wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -25,14 +25,6 @@ def kinds():
     events.download_changed_signal.connect(receiver)
     yield seen
     events.download_changed_signal.disconnect(receiver)
-
-
-def wait_until(condition, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, "gave up waiting"
-        time.sleep(0.02)
-    return value
 
 
 class TestCancelDownload:

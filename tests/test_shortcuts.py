@@ -1,7 +1,6 @@
 """``queryset_to_csv`` streams a queryset; ``init_generic_csv_download`` starts a task for it."""
 
 import re
-import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from async_downloads import cache, events
 from async_downloads.shortcuts import init_generic_csv_download, queryset_to_csv
 from tests.testapp.models import Item
 from tests.testapp.tasks import export_items, item_row
+from tests.waits import wait_for_state
 
 HEADER = ["id", "name", "quantity", "price"]
 FILENAME = re.compile(r"\AItems_Export_\d{4}-\d\d-\d\d_\d\d-\d\d\.csv\Z")
@@ -145,11 +145,7 @@ def test_end_to_end_through_a_real_celery_worker(celery_worker, settings, alice)
     items = make_items(30)
     _, key = init_generic_csv_download(export_items, alice, "Items Export", min_quantity=12)
 
-    deadline = time.monotonic() + 60
-    while (record := cache.get_download(key))["state"] not in {"complete", "error"}:
-        assert time.monotonic() < deadline, f"the worker did not finish: {record}"
-        time.sleep(0.1)
-
+    record = wait_for_state(key, {"complete", "error"})
     assert record["state"] == "complete" and record["percentage"] == 100
     assert FILENAME.match(record["filename"])
     location = Path(settings.STORAGES["default"]["OPTIONS"]["location"])

@@ -13,6 +13,7 @@ from django.urls import reverse
 from async_downloads import cache, events, partials
 from tests.processes import child_env, stop
 from tests.testapp.tasks import ping, slow_export
+from tests.waits import wait_for_state
 
 pytestmark = pytest.mark.django_db
 
@@ -151,10 +152,7 @@ def test_a_worker_killed_mid_export_turns_into_stopped_responding(doomed_worker,
     _, key = cache.init_download(alice, "squares.csv")
     # 4 s per 10 % step, longer than the timeout: only the heartbeats keep it running.
     slow_export.apply_async((key,), {"rows": 1000, "pause": 0.04}, queue=queue)
-    deadline = time.monotonic() + 60
-    while (record := cache.get_download(key))["state"] != "running":
-        assert time.monotonic() < deadline, f"the worker did not start: {record}"
-        time.sleep(0.05)
+    wait_for_state(key, {"running"})
     for _ in range(50):
         time.sleep(0.1)
         assert cache.get_download(key)["state"] == "running"
