@@ -1,10 +1,18 @@
 import posixpath
+from functools import wraps
 from urllib.parse import quote
 
 from django.contrib.auth.decorators import login_required
 from django.core.files.storage import Storage
 from django.core.serializers.json import DjangoJSONEncoder
-from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpResponse,
+    HttpResponseForbidden,
+    HttpResponseRedirect,
+    JsonResponse,
+)
 from django.template.loader import render_to_string
 from django.utils.http import content_disposition_header
 from django.views.decorators.cache import never_cache
@@ -17,6 +25,30 @@ from .conf import settings
 SENDFILE_HEADERS = {"x-accel-redirect": "X-Accel-Redirect", "x-sendfile": "X-Sendfile"}
 
 
+def signed_in(view):
+    """``login_required``, except that htmx and script calls of a signed-out user get a 403.
+
+    Redirected, they would get the login page: htmx would swap it into the centre
+    (or delete a row that was never cleared), the old script would parse it as JSON.
+    """
+    redirecting = login_required(view)
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not request.user.is_authenticated and _from_script(request):
+            return HttpResponseForbidden("Sign in again to see your downloads.")
+        return redirecting(request, *args, **kwargs)
+
+    return wrapper
+
+
+def _from_script(request):
+    htmx = getattr(request, "htmx", None)
+    if htmx:
+        return not htmx.boosted  # a boosted link or form is a page load
+    return request.headers.get("x-requested-with") == "XMLHttpRequest"
+
+
 def _owned_download(request, download_key):
     record = cache.get_user_download(request.user, download_key)
     if record is None:
@@ -25,7 +57,7 @@ def _owned_download(request, download_key):
 
 
 @never_cache
-@login_required
+@signed_in
 @require_safe
 def download(request, download_key):
     """Send the finished file of one of the user's own downloads."""
@@ -65,7 +97,7 @@ def _sendfile_response(storage, record):
 
 
 @never_cache
-@login_required
+@signed_in
 @require_GET
 def centre(request):
     """The centre's connection element, list and indicator, for htmx polls.
@@ -86,7 +118,7 @@ def centre(request):
     return HttpResponseStopPolling(html)
 
 
-@login_required
+@signed_in
 @require_POST
 def clear(request, download_key):
     """Clear one of the user's own downloads (record and file)."""
@@ -95,7 +127,7 @@ def clear(request, download_key):
     return HttpResponse("")
 
 
-@login_required
+@signed_in
 @require_POST
 def cancel(request, download_key):
     """Cancel one of the user's own pending or running downloads; answer with its row."""
@@ -104,7 +136,7 @@ def cancel(request, download_key):
     return HttpResponse(partials.render_row(_owned_download(request, download_key)))
 
 
-@login_required
+@signed_in
 @require_POST
 def retry(request, download_key):
     """Start a failed or cancelled download of the user's again; answer with the new row."""
@@ -120,7 +152,7 @@ def retry(request, download_key):
 
 
 @never_cache
-@login_required
+@signed_in
 @require_GET
 def ajax_update(request):
     downloads = cache.get_downloads(request.user)
@@ -144,7 +176,7 @@ def _legacy_fields(record):
     return fields
 
 
-@login_required
+@signed_in
 @require_POST
 def ajax_clear_download(request):
     """Clear by ``download_key``, or by the ``filepath`` that earlier releases sent.
