@@ -58,6 +58,12 @@ TIMEOUT = 60  # seconds, for any one step in the browser
 LIST = "#async-downloads-list"
 ROWS = f"{LIST} li[id^='download-']"
 LINK = "a[href*='/async_downloads/download/']"  # in a row
+# In a row: the progress element once it shows a value (the download runs).
+RUNNING = "progress[value], [role=progressbar][aria-valuenow]"
+SLOW_REPORT, FAILING_EXPORT = "Start report", "Try it"  # buttons of the sample site's other exports
+# The one set whose test also waits (about 5 s) for an export to fail and retries it; the others
+# retry a cancelled export, through the same Retry button.
+FAILING_RETRY_SET = "bootstrap5"
 
 # Every change of the download list on a page, as the browser saw it: rows, progress value, link.
 RECORD_TIMELINE = """
@@ -140,7 +146,7 @@ def chromium():
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.parametrize("showcase", demo_processes.SETS)
-def test_login_filter_export_progress_download(showcase, redis_url, sample_data, chromium, tmp_path):
+def test_login_filter_export_progress_download_cancel_retry(showcase, redis_url, sample_data, chromium, tmp_path):
     params = FILTERS[showcase]
     expected = sample_data["expected"][showcase]
     with demo_processes.site(showcase, redis_url, database=sample_data["database"],
@@ -151,6 +157,7 @@ def test_login_filter_export_progress_download(showcase, redis_url, sample_data,
         page = context.new_page()
         try:
             csv_path, shown = export_filtered_orders(page, site.url, params, tmp_path)
+            cancel_and_retry(page, failing=showcase == FAILING_RETRY_SET)
         except Exception:
             with contextlib.suppress(Exception):
                 page.screenshot(path=tmp_path / "failure.png")
@@ -205,6 +212,48 @@ def export_filtered_orders(page, url, params, folder):
     path = folder / download.suggested_filename
     download.save_as(path)
     return path, shown
+
+
+def cancel_and_retry(page, failing):
+    """Cancel the slow report while it runs, retry it, and cancel the new run as well.
+
+    With ``failing``, also retry the stock levels export once it failed (about 5 s after it
+    started) and cancel that run. Every row changes in place, and the worker is idle at the end.
+    """
+    for label in (FAILING_EXPORT, SLOW_REPORT) if failing else (SLOW_REPORT,):
+        with page.expect_navigation():
+            page.get_by_role("button", name=label, exact=True).click()
+    open_centre(page)
+    report = page.locator(ROWS).filter(has_text="Daily revenue")
+    cancel(report)
+    cancel(retry(report, "Daily revenue"))
+    if failing:
+        failed = page.locator(ROWS).filter(has_text="Stock levels")
+        failed.get_by_text("could not be exported").wait_for()
+        assert not failed.get_by_role("button", name=re.compile(r"^Cancel ")).count()
+        cancel(retry(failed, "Stock levels"))
+
+
+def cancel(row):
+    """Wait until ``row`` runs, click its Cancel button, and see it cancelled, with a Retry button."""
+    row.locator(RUNNING).wait_for(state="attached")
+    cancelled = row.page.locator(f"[id='{row.get_attribute('id')}']")
+    row.get_by_role("button", name=re.compile(r"^Cancel ")).click()
+    cancelled.get_by_text("Cancelled", exact=True).wait_for()
+    # Waits, not counts: a progress message sent just before the cancel may still swap in once.
+    cancelled.locator(RUNNING).wait_for(state="detached")
+    cancelled.get_by_role("button", name=re.compile(r"^Cancel ")).wait_for(state="detached")
+    cancelled.get_by_role("button", name=re.compile(r"^Retry ")).wait_for()
+
+
+def retry(row, name):
+    """Click the Retry button of ``row`` (named ``name``…); the row of the new run, once it runs."""
+    old_id = row.get_attribute("id")
+    row.get_by_role("button", name=re.compile(rf"^Retry {re.escape(name)}")).click()
+    new = row.page.locator(f"{ROWS}:not([id='{old_id}'])").filter(has_text=name)
+    new.locator(RUNNING).wait_for(state="attached")
+    row.page.locator(f"[id='{old_id}']").wait_for(state="detached")  # the new run replaced it
+    return new
 
 
 def open_centre(page):

@@ -20,9 +20,12 @@ from django.test import RequestFactory, override_settings
 from django.urls import reverse
 
 from async_downloads import cache, events, partials
+from async_downloads.shortcuts import init_generic_csv_download
+from tests.testapp.tasks import queued_elsewhere
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOWCASE_DIR = ROOT / "templates_showcase"
+DEFAULT_ROW = ROOT / "async_downloads" / "templates" / "async_downloads" / "download.html"
 SHOWCASES = ("bootstrap5", "toast", "semantic")
 IDS = ("async-downloads-list", "async-downloads-indicator", "async-downloads-status", "async-downloads-connection")
 
@@ -70,14 +73,22 @@ class Elements(HTMLParser):
         return " ".join(" ".join(self.text).split())
 
 
-def download(user, state, name="Orders", percentage=42):
-    _, key = cache.init_download(user, "orders.csv", name=name)
+def download(user, state, name="Orders", percentage=42, task=False):
+    """A download in ``state``; with ``task``, started by the shortcut, so it keeps its task
+    (which waits in a queue that no worker reads) and can be retried once it failed."""
+    if task:
+        _, key = init_generic_csv_download(queued_elsewhere, user, name)
+    else:
+        _, key = cache.init_download(user, "orders.csv", name=name)
     if state == "running":
         cache.set_percentage(key, percentage)
     elif state == "complete":
         cache.save_download(key, [["order"], [1]])
     elif state == "error":
         cache.set_error(key, "<b>The warehouse did not answer.</b>")
+    elif state == "cancelled":
+        cache.cancel_download(key)
+    assert cache.get_download(key)["state"] == state
     return key
 
 
@@ -149,10 +160,56 @@ def test_pending_progress_is_indeterminate(showcase, alice):
 
 def test_clear_button_posts_to_the_clear_url(showcase, alice):
     key = download(alice, "running")
-    button = row(key).one("button")
+    button = row(key).one("button", hx_post=reverse("async_downloads:clear", args=[key]))
     assert button["hx-post"] == reverse("async_downloads:clear", args=[key])
     assert (button["hx-target"], button["hx-swap"]) == ("closest li", "delete")
     assert button["aria-label"] == "Clear Orders"
+
+
+def actions(elements, key):
+    """Which of cancel and retry the row offers, as buttons posting to that URL of its download."""
+    return {
+        action for action in ("cancel", "retry")
+        if elements.find("button", hx_post=reverse(f"async_downloads:{action}", args=[key]))
+    }
+
+
+@pytest.mark.parametrize(("state", "task", "offered"), [
+    ("pending", True, {"cancel"}),
+    ("running", False, {"cancel"}),
+    ("running", True, {"cancel"}),
+    ("error", True, {"retry"}),
+    ("cancelled", True, {"retry"}),
+    ("error", False, set()),  # started without the shortcut: no task to start again
+    ("cancelled", False, set()),
+    ("complete", True, set()),
+    ("complete", False, set()),
+])
+def test_rows_offer_cancel_while_in_progress_and_retry_when_retryable(showcase, media, alice, state, task, offered):
+    key = download(alice, state, task=task)
+    assert actions(row(key), key) == offered
+    assert ("retry" in offered) == cache.is_retryable(cache.get_download(key))
+
+
+def default_row(record):
+    return Elements(Template(DEFAULT_ROW.read_text()).render(Context({"download": record, "oob": False})))
+
+
+def htmx_attributes(button):
+    return {name: value for name, value in button.items() if name.startswith("hx-")}
+
+
+@pytest.mark.parametrize(("action", "state"), [("cancel", "running"), ("retry", "error"), ("retry", "cancelled")])
+def test_cancel_and_retry_post_as_the_default_row_does_and_name_the_download(showcase, alice, action, state):
+    key = download(alice, state, name='<img src=x onerror="alert(1)"> & "Co"', task=True)
+    record = cache.get_download(key)
+    html = partials.render_row(record)
+    url = reverse(f"async_downloads:{action}", args=[key])
+    button = Elements(html).one("button", hx_post=url)
+    assert htmx_attributes(button) == htmx_attributes(default_row(record).one("button", hx_post=url))
+    assert (button["hx-target"], button["hx-swap"]) == ("closest li", "outerHTML")
+    assert button["aria-label"] == f"{action.capitalize()} {record['name']}"
+    assert "<img" not in html and 'onerror="' not in html
 
 
 def test_complete_row_links_to_the_owner_checked_view(showcase, media, alice):
@@ -173,6 +230,7 @@ def test_error_row_shows_the_message_escaped(showcase, alice):
 
 def test_no_csrf_token_is_rendered(showcase, media, alice):
     running, done = download(alice, "running"), download(alice, "complete")
+    failed = download(alice, "error", task=True)
     request = RequestFactory().get("/")
     request.user = alice
     token = get_token(request)
@@ -180,9 +238,12 @@ def test_no_csrf_token_is_rendered(showcase, media, alice):
     pushed = [
         partials.render_message(alice.pk, cache.get_download(done), events.COMPLETED),
         partials.render_message(alice.pk, cache.get_download(running), events.UPDATED),
+        partials.render_row(cache.get_download(failed)),
         partials.render_refresh(alice.pk),
     ]
     assert f'id="download-{running}"' in page
+    assert reverse("async_downloads:cancel", args=[running]) in page
+    assert reverse("async_downloads:retry", args=[failed]) in page
     for html in [page, *pushed]:
         assert token not in html and "csrf" not in html.lower()
 

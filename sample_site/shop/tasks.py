@@ -15,7 +15,7 @@ from django.db.models import Count, DecimalField, ExpressionWrapper, F, Sum
 from django.utils import timezone
 from django.utils.text import slugify
 
-from async_downloads.cache import save_download, set_error, set_percentage, update_percentage
+from async_downloads.cache import DownloadCancelled, save_download, set_error, set_percentage, update_percentage
 from async_downloads.shortcuts import queryset_to_csv
 
 from .forms import OrderFilterForm, start_of
@@ -31,9 +31,14 @@ ORDER_TOTAL = ExpressionWrapper(F("quantity") * F("unit_price"), output_field=De
 
 @contextmanager
 def reported_errors(download_key, message="This export failed. Please try again later."):
-    """An exception in the block fails the download with ``message``; the details go to the log."""
+    """An exception in the block fails the download with ``message``; the details go to the log.
+
+    A cancel is no failure: it ends the task (``throws`` keeps it out of the log as an error).
+    """
     try:
         yield
+    except DownloadCancelled:
+        raise
     except Exception:
         logger.exception("Export %s failed.", download_key)
         set_error(download_key, message)
@@ -54,7 +59,7 @@ def order_row(order):
     ]
 
 
-@shared_task
+@shared_task(throws=(DownloadCancelled,))
 def export_orders(download_key, params):
     """1. The orders that the page's filter shows, as CSV, through ``queryset_to_csv``."""
     form = OrderFilterForm(params)
@@ -65,7 +70,7 @@ def export_orders(download_key, params):
     queryset_to_csv(download_key, ORDER_HEADER, orders, order_row)
 
 
-@shared_task
+@shared_task(throws=(DownloadCancelled,))
 def export_top_customers(download_key):
     """2. A zip with one CSV of orders per top customer, built here and saved with ``file=``."""
     with reported_errors(download_key), tempfile.TemporaryFile() as archive:
@@ -92,7 +97,7 @@ def customer_orders_csv(customer):
     return buffer.getvalue()
 
 
-@shared_task
+@shared_task(throws=(DownloadCancelled,))
 def daily_revenue_report(download_key):
     """3. A slow job (about 30 s): one day of revenue per second, with smooth progress."""
     with reported_errors(download_key):
@@ -123,7 +128,7 @@ class WarehouseUnavailable(ConnectionError):
     pass
 
 
-@shared_task
+@shared_task(throws=(DownloadCancelled,))
 def stock_levels(download_key):
     """4. A job that fails halfway: the details go to the log, a clean message to the user."""
     message = "The warehouse did not answer, so stock levels could not be exported. Please try again later."

@@ -17,11 +17,16 @@ from .models import Order
 
 PREVIEW_ROWS = 15
 
-# kind in the URL: (task, file name, name shown in the download centre)
+# kind in the URL: (task, file name, name shown in the download centre), started with
+# init_download + task.delay: such a download can be cancelled, but not retried.
 EXPORTS = {
     "top-customers": (tasks.export_top_customers, "top-50-customers.zip", "Top 50 customers (zip)"),
-    "daily-revenue": (tasks.daily_revenue_report, "daily-revenue.csv", "Daily revenue, last 30 days"),
-    "stock-levels": (tasks.stock_levels, "stock-levels.csv", "Stock levels"),
+}
+# kind in the URL: (task, name), started with init_generic_csv_download, which keeps the task
+# in the record: these can be retried once they failed or were cancelled.
+CSV_REPORTS = {
+    "daily-revenue": (tasks.daily_revenue_report, "Daily revenue"),
+    "stock-levels": (tasks.stock_levels, "Stock levels"),
 }
 
 
@@ -58,11 +63,15 @@ def export_orders(request):
 @login_required
 @require_POST
 def start_export(request, kind):
-    if kind not in EXPORTS:
+    if kind in CSV_REPORTS:
+        task, name = CSV_REPORTS[kind]
+        init_generic_csv_download(task, request.user, name)
+    elif kind in EXPORTS:
+        task, filename, name = EXPORTS[kind]
+        _, download_key = init_download(request.user, filename, name)
+        task.delay(download_key)
+    else:
         raise Http404("No such export.")
-    task, filename, name = EXPORTS[kind]
-    _, download_key = init_download(request.user, filename, name)
-    task.delay(download_key)
     messages.success(request, f"{name}: export started. Follow it under Downloads.")
     return redirect(_next_url(request))
 
