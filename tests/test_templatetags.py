@@ -90,3 +90,15 @@ def test_download_age_reads_naturally():
     now = timezone.now()
     assert download_age(now - timedelta(seconds=20)) == "just now"
     assert download_age(now - timedelta(minutes=5, seconds=3)) == "5\xa0minutes ago"
+
+
+@pytest.mark.parametrize("state, task, offered", [
+    ("error", {"name": "t", "args": [], "kwargs": {}}, True),
+    ("cancelled", {"name": "t", "args": [], "kwargs": {}}, True),
+    ("error", None, False),
+    ("running", {"name": "t", "args": [], "kwargs": {}}, False),
+    ("complete", {"name": "t", "args": [], "kwargs": {}}, False),
+])
+def test_retryable_offers_retry_for_a_failed_or_cancelled_download_of_a_helper(alice, state, task, offered):
+    record = {"state": state, **({"task": task} if task else {})}
+    assert render("{% if download|retryable %}retry{% endif %}", alice, download=record) == ("retry" if offered else "")

@@ -6,7 +6,7 @@ from django.utils.timesince import timesince
 from django.utils.translation import gettext
 from django_htmx.jinja import htmx_script
 
-from async_downloads import partials
+from async_downloads import cache, partials
 
 register = template.Library()
 
@@ -49,3 +49,9 @@ def download_age(moment):
     if (timezone.now() - moment).total_seconds() < 60:
         return gettext("just now")
     return gettext("%(time)s ago") % {"time": timesince(moment)}
+
+
+@register.filter
+def retryable(download):
+    """Whether the download's row offers Retry: it failed or was cancelled, and a helper started its task."""
+    return cache.is_retryable(download)
