@@ -17,6 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -64,6 +65,7 @@ SLOW_REPORT, FAILING_EXPORT = "Start report", "Try it"  # buttons of the sample 
 # The one set whose test also waits (about 5 s) for an export to fail and retries it; the others
 # retry a cancelled export, through the same Retry button.
 FAILING_RETRY_SET = "bootstrap5"
+ZIP_EXPORT, ZIP_SET = "Export zip", "default"  # the zip of per-customer CSVs, saved with file=
 
 # Every change of the download list on a page, as the browser saw it: rows, progress value, link.
 RECORD_TIMELINE = """
@@ -158,6 +160,7 @@ def test_login_filter_export_progress_download_cancel_retry(showcase, redis_url,
         try:
             csv_path, shown = export_filtered_orders(page, site.url, params, tmp_path)
             cancel_and_retry(page, failing=showcase == FAILING_RETRY_SET)
+            zip_path = export_zip(page, tmp_path) if showcase == ZIP_SET else None
         except Exception:
             with contextlib.suppress(Exception):
                 page.screenshot(path=tmp_path / "failure.png")
@@ -175,6 +178,12 @@ def test_login_filter_export_progress_download_cancel_retry(showcase, redis_url,
     if params.get("customer"):
         assert all(params["customer"] in row[2].lower() for row in rows)
     assert len({row[0] for row in rows}) == len(rows)  # no order twice
+    if zip_path:
+        with zipfile.ZipFile(zip_path) as archive:
+            names = archive.namelist()
+            first = archive.read(names[0]).decode()
+        assert len(names) == 50 and all(re.fullmatch(r"\d\d-[a-z0-9-]+\.csv", name) for name in names)
+        assert first.splitlines()[0].split(",") == ORDER_HEADER and len(first.splitlines()) > 1
 
 
 def export_filtered_orders(page, url, params, folder):
@@ -212,6 +221,20 @@ def export_filtered_orders(page, url, params, folder):
     path = folder / download.suggested_filename
     download.save_as(path)
     return path, shown
+
+
+def export_zip(page, folder):
+    """Start the zip export (started by start_download), and save the file once its link shows."""
+    with page.expect_navigation():
+        page.get_by_role("button", name=ZIP_EXPORT, exact=True).click()
+    open_centre(page)
+    row = page.locator(ROWS).filter(has_text="Top 50 customers")
+    row.locator(LINK).wait_for(state="visible")
+    with page.expect_download() as info:
+        row.locator(LINK).click()
+    path = folder / info.value.suggested_filename
+    info.value.save_as(path)
+    return path
 
 
 def cancel_and_retry(page, failing):

@@ -8,8 +8,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from async_downloads.cache import init_download
-from async_downloads.shortcuts import init_generic_csv_download
+from async_downloads.shortcuts import init_generic_csv_download, start_download
 
 from . import tasks
 from .forms import OrderFilterForm
@@ -18,7 +17,7 @@ from .models import Order
 PREVIEW_ROWS = 15
 
 # kind in the URL: (task, file name, name shown in the download centre), started with
-# init_download + task.delay: such a download can be cancelled, but not retried.
+# start_download, which keeps the task in the record: it can be cancelled and retried.
 EXPORTS = {
     "top-customers": (tasks.export_top_customers, "top-50-customers.zip", "Top 50 customers (zip)"),
 }
@@ -68,8 +67,7 @@ def start_export(request, kind):
         init_generic_csv_download(task, request.user, name)
     elif kind in EXPORTS:
         task, filename, name = EXPORTS[kind]
-        _, download_key = init_download(request.user, filename, name)
-        task.delay(download_key)
+        start_download(request.user, filename, task, name=name)
     else:
         raise Http404("No such export.")
     messages.success(request, f"{name}: export started. Follow it under Downloads.")
