@@ -13,7 +13,7 @@ import re
 
 from asgiref.sync import SyncToAsync, sync_to_async
 from django.db import connections
-from django.http import HttpResponseForbidden
+from django.http import HttpResponseBadRequest, HttpResponseForbidden, HttpResponseNotAllowed
 from django.utils.crypto import salted_hmac
 from django_eventstream.channelmanager import DefaultChannelManager
 from django_eventstream.storage import RedisStorage
@@ -26,6 +26,8 @@ EVENT = "downloads"
 RETRY_DELAYS = (0.2, 0.5, 1, 2, 3)
 # An idle channel's event counter outlives its events, so that ids keep growing.
 COUNTER_TTL = 7 * 24 * 60 * 60
+# The ids django-eventstream gives events: "<channel>:<number>", comma-separated.
+EVENT_ID = re.compile(r"\A[^,:]+:\d{1,18}(?:,[^,:]+:\d{1,18})*\Z")
 
 
 def channel_prefix():
@@ -113,16 +115,39 @@ async def events(request):
     user = await request.auser()
     if not user.is_authenticated:
         return HttpResponseForbidden("Sign in to receive download events.")
+    if request.method != "GET":
+        return HttpResponseNotAllowed(["GET"])
+    problem = _unreadable(request)
+    if problem:
+        return HttpResponseBadRequest(problem)
     request.user = user  # django-eventstream reads it; no second lookup
     ensure_listener()
+    import jwt
     from django_eventstream.views import events as eventstream_events
 
-    response = await sync_to_async(eventstream_events)(request, async_downloads=True)
+    try:
+        response = await sync_to_async(eventstream_events)(request, async_downloads=True)
+    except jwt.InvalidTokenError:
+        return HttpResponseBadRequest("Invalid es-meta.")
     # The stream may stay open for hours: give back what the request holds.
     await sync_to_async(connections.close_all)()
     if getattr(response, "is_async", False):
         _release_request_thread()
     return response
+
+
+def _unreadable(request):
+    """Why django-eventstream would fail on this request, or None.
+
+    It answers a malformed event id with a 500 or a stream that breaks
+    after its headers, and ``recover`` without a GRIP proxy with a 500.
+    """
+    ids = [request.headers.get("Last-Event-ID", ""), *request.GET.getlist("lastEventId")]
+    if any(value and not EVENT_ID.match(value) for value in ids):
+        return "Malformed Last-Event-ID or lastEventId."
+    if "recover" in request.GET and not hasattr(request, "grip"):
+        return "recover is for requests through a GRIP proxy."
+    return None
 
 
 def _release_request_thread():
