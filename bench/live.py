@@ -42,6 +42,8 @@ import threading
 import time
 import uuid
 
+from async_downloads.testing.processes import free_port, stop, uvicorn_command
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH_DIR)
 DATA_DIR = os.path.join(BENCH_DIR, ".data")
@@ -223,32 +225,9 @@ def start_child(args, env=None, **kwargs):
     )
 
 
-def stop(process, timeout=10):
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_uvicorn(name, app="django.core.asgi:get_asgi_application", env=None):
     port = free_port()
-    process = start_child(env=env, args=[
-        "-m", "uvicorn", app, "--factory",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
-        "--timeout-graceful-shutdown", "2",
-    ])
+    process = start_child(env=env, args=uvicorn_command(app, port, factory=True)[1:])
     return {"name": name, "process": process, "pid": process.pid, "port": port}
 
 
@@ -852,7 +831,7 @@ class StreamClient(asyncio.Protocol):
             self.text += chunk.decode()
             while "\n\n" in self.text:
                 block, self.text = self.text.split("\n\n", 1)
-                event, lines = "message", []
+                event, lines, event_id = "message", [], None
                 for line in block.split("\n"):
                     if not line or line.startswith(":"):
                         continue
@@ -862,12 +841,18 @@ class StreamClient(asyncio.Protocol):
                         event = value
                     elif field == "data":
                         lines.append(value)
+                    elif field == "id":
+                        event_id = value
                 if event == "stream-open" and not self.opened.done():
                     self.opened.set_result(now)
                 if event == "downloads":
                     self.count += 1
                 if lines or event != "message":
-                    self.events.append((now, event, "\n".join(lines)))
+                    self.on_event(now, event, "\n".join(lines), event_id)
+
+    def on_event(self, now, event, data, event_id):
+        """One parsed SSE event (``parse=True``); kept in ``events`` unless a subclass does otherwise."""
+        self.events.append((now, event, data))
 
     def _fail(self, why):
         if not self.opened.done():

@@ -842,6 +842,29 @@ def bench_live(opts):
     return {"results": r, "targets": r["verdicts"], "markdown": live.markdown(r)}
 
 
+@section("load", "Under load: 4 workers, 100 exports, 500 SSE clients on 2 web processes")
+def bench_load(opts):
+    from bench import load
+
+    r = load.bench_run()
+    f, x = r["figures"], r["findings"]
+    log(f"load: {f['exports_per_minute']} exports/min, {f['events_delivered_per_second']} events/s delivered, "
+        f"latency p50 {f['latency_ms'].get('p50')} / p99 {f['latency_ms'].get('p99')} ms; lost "
+        f"{x['lost_final_states']}/{x['lost_events']}, duplicated {x['duplicated_events']}, "
+        f"leaked {x['leaked_messages']}")
+    targets = [
+        {"name": "every client ends with the final state of each of its user's downloads",
+         "target": "0 lost", "measured": f"{x['lost_final_states']} final states, {x['lost_events']} events",
+         "value": x["lost_final_states"] + x["lost_events"],
+         "pass": not (x["lost_final_states"] or x["lost_events"] or x["connect_failures"])},
+        {"name": "no event id received twice on one connection", "target": "0 duplicated",
+         "measured": str(x["duplicated_events"]), "value": x["duplicated_events"], "pass": not x["duplicated_events"]},
+        {"name": "no client receives another user's row", "target": "0 leaked",
+         "measured": str(x["leaked_messages"]), "value": x["leaked_messages"], "pass": not x["leaked_messages"]},
+    ]
+    return {"results": r, "targets": targets, "markdown": load.markdown(r)}
+
+
 # --------------------------------------------------------------------------- report
 
 

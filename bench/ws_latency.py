@@ -47,6 +47,7 @@ def run():
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     from async_downloads.testing import redis_server
+    from async_downloads.testing.processes import stop
 
     os.environ["REDIS_URL"] = redis_server.ensure()
     work_dir = tempfile.mkdtemp(prefix="adbench-ws-")
@@ -63,13 +64,15 @@ def run():
         }
     finally:
         if server is not None:
-            _stop(server)
+            stop(server)
         _remove_keys(os.environ["REDIS_URL"])
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
 async def _measure(messages, downloads, env):
     """Start a worker, wait until the client listens, let the worker go, match rows to updates."""
+    from async_downloads.testing.processes import stop
+
     worker = subprocess.Popen(
         [sys.executable, __file__, "--worker", json.dumps(downloads)], env=env, cwd=ROOT,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -90,7 +93,7 @@ async def _measure(messages, downloads, env):
                     arrived.setdefault((key, int(percentage)), at)
             sent = await sent
     finally:
-        _stop(worker)
+        stop(worker)
     latencies = sorted(arrived[key, p] - at for key, p, at in sent if (key, p) in arrived)
     return {"p50_ms": _ms(_percentile(latencies, 50)), "p99_ms": _ms(_percentile(latencies, 99)),
             "n": len(latencies), "lost": len(sent) - len(latencies)}
@@ -189,39 +192,9 @@ def _json_command(command, env):
 
 
 def _start_server(env):
-    from async_downloads.testing.redis_server import free_port
+    from async_downloads.testing.processes import start_uvicorn
 
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "bench.ws_latency:asgi_application", "--factory",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
-        env={**env, "ADBENCH_WS": "0"}, cwd=ROOT,
-    )
-    import socket
-
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process, f"http://127.0.0.1:{port}"
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                _stop(process)
-                raise RuntimeError("The uvicorn process did not start.") from None
-            time.sleep(0.05)
-
-
-def _stop(process):
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    for stream in (process.stdin, process.stdout):
-        if stream is not None:
-            stream.close()
+    return start_uvicorn("bench.ws_latency:asgi_application", {**env, "ADBENCH_WS": "0"}, factory=True, cwd=ROOT)
 
 
 def _remove_keys(redis_url):
