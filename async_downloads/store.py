@@ -6,8 +6,12 @@ earlier releases, so code that reads the cache directly keeps working.
 Every read-modify-write happens while holding ``<key>:lock``, taken with the
 cache's atomic ``add``; that is what keeps concurrent web and worker processes
 from losing downloads or bringing a cleared one back.
+
+While the cache server is unreachable (Redis restarting, say), every call
+waits for it, up to ``OUTAGE_WAIT`` seconds, instead of failing at once.
 """
 
+import logging
 import math
 import time
 import uuid
@@ -17,13 +21,85 @@ from django.core.cache import caches
 
 from .conf import settings
 
+logger = logging.getLogger(__name__)
+
+#: How long a cache call waits for an unreachable cache server before it raises.
+OUTAGE_WAIT = 30
+OUTAGE_RETRY_DELAYS = (0.1, 0.2, 0.5, 1)
+
 
 class LockTimeout(RuntimeError):
     """The lock of a record could not be taken within ``ASYNC_DOWNLOADS_LOCK_TIMEOUT``."""
 
 
 def get_cache():
-    return caches[settings.CACHE_NAME]
+    return PatientCache(caches[settings.CACHE_NAME])
+
+
+class PatientCache:
+    """The cache calls of the store, each waiting out an outage of the cache server.
+
+    Without this, a task whose progress report meets a restarting Redis dies,
+    and its download, which nothing can mark as failed while Redis is away,
+    shows "running" until the stall timeout. Each call is retried on its own:
+    reads, ``set`` and ``delete`` can be repeated safely; an ``add`` that was
+    done before its connection broke is recognised by the value it stored.
+    """
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def get(self, *args, **kwargs):
+        return _patiently(lambda: self.cache.get(*args, **kwargs))
+
+    def get_many(self, *args, **kwargs):
+        return _patiently(lambda: self.cache.get_many(*args, **kwargs))
+
+    def set(self, *args, **kwargs):
+        return _patiently(lambda: self.cache.set(*args, **kwargs))
+
+    def delete(self, *args, **kwargs):
+        return _patiently(lambda: self.cache.delete(*args, **kwargs))
+
+    def add(self, key, value, *args, **kwargs):
+        try:
+            return self.cache.add(key, value, *args, **kwargs)
+        except _outage_errors():
+            return _wait_out(lambda: self.cache.add(key, value, *args, **kwargs) or self.cache.get(key) == value)
+
+    def __getattr__(self, name):
+        return getattr(self.cache, name)
+
+
+def _outage_errors():
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:
+        return (ConnectionError, TimeoutError)
+    # Redis's ConnectionError includes BusyLoadingError: a restarted server still reading its data.
+    return (ConnectionError, TimeoutError, RedisConnectionError, RedisTimeoutError)
+
+
+def _patiently(call):
+    try:
+        return call()
+    except _outage_errors():
+        return _wait_out(call)
+
+
+def _wait_out(call):
+    logger.warning("The cache server is unreachable; waiting up to %s s for it.", OUTAGE_WAIT, exc_info=True)
+    deadline = time.monotonic() + OUTAGE_WAIT
+    attempt = 0
+    while True:
+        time.sleep(OUTAGE_RETRY_DELAYS[min(attempt, len(OUTAGE_RETRY_DELAYS) - 1)])
+        attempt += 1
+        try:
+            return call()
+        except _outage_errors():
+            if time.monotonic() > deadline:
+                raise
 
 
 @contextmanager

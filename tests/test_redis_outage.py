@@ -1,64 +1,14 @@
 """Live delivery survives Redis going away for 30 s, without restarting any process."""
 
-import json
-import subprocess
-import sys
-import tempfile
 import time
 
 import pytest
 
 from async_downloads import events
-from async_downloads.testing import redis_server
-from tests.processes import child_env, start_uvicorn, stop
+from tests.processes import Publisher, PrivateRedis, child_env, start_uvicorn, stop
 from tests.sse_client import StreamReader, session_cookies
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class Publisher:
-    def __init__(self, env):
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.publisher"], env=env, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True,
-        )
-
-    def __call__(self, **command):
-        self.process.stdin.write(json.dumps(command) + "\n")
-        self.process.stdin.flush()
-        return json.loads(self.process.stdout.readline())
-
-    def close(self):
-        self.process.stdin.close()
-        stop(self.process)
-        self.process.stdout.close()
-
-
-class PrivateRedis:
-    """A redis-server that keeps its data across a restart on the same port."""
-
-    def __init__(self):
-        self.port = redis_server.free_port()
-        self.dir = tempfile.mkdtemp(prefix="async-downloads-outage-")
-        self.start()
-
-    def start(self):
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not redis_server.answers(self.url):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-
-    @property
-    def url(self):
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self):
-        stop(self.process)
 
 
 @pytest.mark.slow
@@ -94,7 +44,7 @@ def test_delivery_resumes_within_10_s_after_a_30_s_outage(alice):
     finally:
         publisher.close()
         stop(web)
-        server.stop()
+        server.close()
 
 
 def test_a_failed_publish_is_logged_and_resent_when_the_transport_works(monkeypatch, caplog, alice):

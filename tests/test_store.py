@@ -69,3 +69,42 @@ def test_a_change_that_returns_false_writes_nothing(key):
 @pytest.mark.parametrize("offset, seconds", [(-10, 1), (0, 1), (0.2, 1), (1.5, 2), (60, 60)])
 def test_seconds_left_rounds_up_and_is_at_least_one(offset, seconds):
     assert store.seconds_left(time.time() + offset) == seconds
+
+
+@pytest.fixture
+def redis_cache(settings):
+    """The store on a redis-server of its own, which a test can stop and start."""
+    from tests.processes import PrivateRedis
+
+    server = PrivateRedis()
+    settings.CACHES = {
+        **settings.CACHES,
+        "private": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": server.url},
+    }
+    settings.ASYNC_DOWNLOADS_CACHE_NAME = "private"
+    yield server
+    server.close()
+
+
+def test_a_call_waits_for_a_restarting_cache_server(redis_cache, caplog):
+    import threading
+
+    store.get_cache().set("record", {"state": "running"}, 60)
+    redis_cache.stop()
+    restart = threading.Timer(1, redis_cache.start)
+    restart.start()
+    try:
+        assert store.read("record") == {"state": "running"}  # kept across the restart
+    finally:
+        restart.join()
+    assert "The cache server is unreachable; waiting up to 30 s for it." in caplog.text
+
+
+def test_a_call_gives_up_when_the_cache_server_stays_away(redis_cache, monkeypatch, caplog):
+    import redis
+
+    monkeypatch.setattr(store, "OUTAGE_WAIT", 0.5)
+    redis_cache.stop()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        store.read("record")
+    assert "waiting up to 0.5 s" in caplog.text
