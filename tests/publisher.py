@@ -33,6 +33,14 @@ def run(cache, partials, command):
         return cache.save_download(command["key"], command["rows"])
     if op == "events_url":
         return partials.events_url(command["user"])
+    if op == "get":
+        record = cache.get_download(command["key"])
+        return record and {name: record[name] for name in ("state", "errors", "percentage", "url", "filepath")}
+    if op == "task":
+        from tests.celery_app import app
+
+        result = app.send_task(command["name"], args=command.get("args", []), kwargs=command.get("kwargs", {}))
+        return result.get(timeout=command["wait"]) if command.get("wait") else result.id
     raise ValueError(f"Unknown op {op!r}")
 
 

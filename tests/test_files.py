@@ -7,7 +7,6 @@ import tempfile
 import unicodedata
 
 import pytest
-from django.core.files.storage import FileSystemStorage
 
 from async_downloads import cache, files
 
@@ -275,16 +274,6 @@ class TestFiles:
         assert (media / "downloads" / key / "blob.bin").read_bytes() == b"someone else's"
 
 
-class BrokenStorage(FileSystemStorage):
-    """Writes part of a file, then fails, like a disk that fills up."""
-
-    def _save(self, name, content):
-        os.makedirs(os.path.dirname(self.path(name)), exist_ok=True)
-        with open(self.path(name), "wb") as handle:
-            handle.write(b"partial")
-        raise OSError(28, "No space left on device")
-
-
 class TestFailures:
     """A failure is an error with a message for the end user; the details go to the log."""
 
@@ -292,7 +281,7 @@ class TestFailures:
     def broken_storage(self, settings, media):
         settings.STORAGES = {
             **settings.STORAGES,
-            "broken": {"BACKEND": "tests.test_files.BrokenStorage", "OPTIONS": {"location": str(media)}},
+            "broken": {"BACKEND": "tests.testapp.storage.BrokenStorage", "OPTIONS": {"location": str(media)}},
         }
         settings.ASYNC_DOWNLOADS_STORAGE = "broken"
 
