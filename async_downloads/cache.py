@@ -280,11 +280,25 @@ def is_cancelled(download_key):
 
 
 def _checked_percentage(percentage):
-    if isinstance(percentage, bool) or not isinstance(percentage, (numbers.Real, decimal.Decimal)):
-        raise ValueError(f"percentage must be a number from 0 to 100, not {percentage!r}.")
-    if not math.isfinite(percentage):
-        raise ValueError(f"percentage must be a finite number, not {percentage!r}.")
-    return min(max(0, int(percentage)), 100)
+    return min(max(0, int(_checked_number("percentage", percentage))), 100)
+
+
+def _checked_number(name, value):
+    """``value`` if it is a finite real number (not a bool); a ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal)):
+        raise ValueError(f"{name} must be a number, not {value!r}.")
+    if isinstance(value, numbers.Integral):
+        return value
+    if isinstance(value, decimal.Decimal):
+        finite = value.is_finite()
+    else:
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # a Fraction too large for a float, say: finite all the same
+            finite = True
+    if not finite:
+        raise ValueError(f"{name} must be a finite number, not {value!r}.")
+    return value
 
 
 # The last percentage each download showed, and when it is next due to be written
@@ -302,6 +316,10 @@ def update_percentage(download_key, total, cur, resolution=10):
     ``heartbeat_interval()``); it stops at 99 until the file is saved. Raises
     ``DownloadCancelled`` when it writes and finds the download cancelled.
     """
+    if type(total) is not int or type(cur) is not int or type(resolution) is not int:
+        total, cur, resolution = (
+            _checked_number("total", total), _checked_number("cur", cur), _checked_number("resolution", resolution)
+        )
     if total <= 0:
         return
     resolution = min(max(1, int(resolution)), 100)
