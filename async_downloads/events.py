@@ -46,12 +46,21 @@ def download_changed(record, kind):
 
 
 def publish(pk, record=None, kind=None):
-    from . import partials
+    from . import partials, store
+    from .conf import settings
 
     transport = partials.transport()
     if transport == "poll":
         return  # pages ask; nothing is pushed
-    _transport_send(transport, pk, partials.render_message(pk, record, kind))
+    # One user's messages are rendered and sent one at a time, from what the cache holds
+    # at that moment: a process that read an older state (a worker's progress racing a
+    # cancel, two downloads finishing in two workers) can never send it after a newer one.
+    with store.locked(settings.COLLECTION_KEY_FORMAT.format(pk) + ":publish"):
+        if kind == UPDATED:
+            record = store.read(record["key"])
+            if record is None:
+                return  # cleared meanwhile; that message has gone or is on its way
+        _transport_send(transport, pk, partials.render_message(pk, record, kind))
 
 
 def _transport_send(name, pk, html):
