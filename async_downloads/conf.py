@@ -24,6 +24,7 @@ DEFAULTS = {
     "POLL_INTERVAL": 2,
     "WS_URL": "/ws/async_downloads/",
     "STALL_TIMEOUT": 600,
+    "OUTAGE_WAIT": 30,
 }
 
 

@@ -8,7 +8,7 @@ cache's atomic ``add``; that is what keeps concurrent web and worker processes
 from losing downloads or bringing a cleared one back.
 
 While the cache server is unreachable (Redis restarting, say), every call
-waits for it, up to ``OUTAGE_WAIT`` seconds, instead of failing at once.
+waits for it, up to ``ASYNC_DOWNLOADS_OUTAGE_WAIT`` seconds, instead of failing at once.
 """
 
 import logging
@@ -23,8 +23,6 @@ from .conf import settings
 
 logger = logging.getLogger(__name__)
 
-#: How long a cache call waits for an unreachable cache server before it raises.
-OUTAGE_WAIT = 30
 OUTAGE_RETRY_DELAYS = (0.1, 0.2, 0.5, 1)
 
 
@@ -89,8 +87,9 @@ def _patiently(call):
 
 
 def _wait_out(call):
-    logger.warning("The cache server is unreachable; waiting up to %s s for it.", OUTAGE_WAIT, exc_info=True)
-    deadline = time.monotonic() + OUTAGE_WAIT
+    wait = settings.OUTAGE_WAIT
+    logger.warning("The cache server is unreachable; waiting up to %s s for it.", wait, exc_info=True)
+    deadline = time.monotonic() + wait
     attempt = 0
     while True:
         time.sleep(OUTAGE_RETRY_DELAYS[min(attempt, len(OUTAGE_RETRY_DELAYS) - 1)])

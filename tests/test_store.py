@@ -100,10 +100,10 @@ def test_a_call_waits_for_a_restarting_cache_server(redis_cache, caplog):
     assert "The cache server is unreachable; waiting up to 30 s for it." in caplog.text
 
 
-def test_a_call_gives_up_when_the_cache_server_stays_away(redis_cache, monkeypatch, caplog):
+def test_a_call_gives_up_when_the_cache_server_stays_away(redis_cache, settings, caplog):
     import redis
 
-    monkeypatch.setattr(store, "OUTAGE_WAIT", 0.5)
+    settings.ASYNC_DOWNLOADS_OUTAGE_WAIT = 0.5
     redis_cache.stop()
     with pytest.raises(redis.exceptions.ConnectionError):
         store.read("record")
