@@ -13,7 +13,6 @@ Both run from anywhere: paths are taken from this file, not from the current dir
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from async_downloads.testing.processes import stop  # noqa: E402
 from async_downloads.testing.redis_server import free_port, start_private_server  # noqa: E402
 
 SETS = ("default", "bootstrap5", "toast", "semantic")
@@ -112,7 +112,7 @@ def site(showcase, redis_url, *, redis_db=None, database=None, var_dir=None, tim
         wait_for_page(f"{url}/login/", process, log_path, timeout)
         yield Site(url, media / "media", log_path)
     finally:
-        stop(process)  # honcho stops uvicorn and the worker
+        stop(process, timeout=15)  # honcho stops uvicorn and the worker
         log.close()
         shutil.rmtree(media, ignore_errors=True)
 
@@ -130,15 +130,3 @@ def wait_for_page(url, process, log_path, timeout=60):
             output = Path(log_path).read_text(errors="replace")
             raise RuntimeError(f"The sample site did not answer at {url}. Its output:\n{output}")
         time.sleep(0.2)
-
-
-def stop(process, timeout=15):
-    """Stop a process that was started here: SIGTERM, then SIGKILL after ``timeout`` seconds."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)

@@ -1,13 +1,11 @@
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import redis
 from django.conf import settings
 
-from tests.processes import child_env, stop
+from tests.processes import child_env, start_worker, stop
 
 
 
@@ -68,11 +66,7 @@ def celery_worker(django_db_setup, django_db_blocker):
     from tests.celery_app import app
     from tests.testapp.tasks import ping
 
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "--pool", "solo",
-         "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        env=child_env(),
-    )
+    process = start_worker(child_env())
     try:
         ping.delay().get(timeout=60)
         yield process
@@ -118,3 +112,16 @@ def browser(monkeypatch):
         browser = launch(playwright)
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def ws_mode(settings):
+    """WS mode, on a channel layer of this test's own.
+
+    A socket's last receive can outlive its test's event loop, holding a lock of the
+    layer it was made with: a later test on the same layer would trip over it.
+    """
+    from channels.layers import channel_layers
+
+    settings.ASYNC_DOWNLOADS_WS_MODE = True
+    channel_layers.backends.clear()

@@ -3,13 +3,16 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
-from async_downloads.testing import redis_server
+from async_downloads.testing import processes, redis_server
+from async_downloads.testing.processes import free_port, stop, wait_for_port
+
+__all__ = ["PrivateRedis", "Publisher", "child_env", "free_port", "start_uvicorn", "start_worker", "stop",
+           "wait_for_port"]
 
 
 def child_env(**extra):
@@ -17,40 +20,6 @@ def child_env(**extra):
     env.update(DJANGO_SETTINGS_MODULE="tests.settings", ASYNC_DOWNLOADS_TEST_CHILD="1", PYTHONPATH=os.getcwd())
     env.update(extra)
     return env
-
-
-def stop(process, timeout=10):
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port, process=None, timeout=30):
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"The server on port {port} exited with {process.returncode}.")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"Nothing listens on port {port} after {timeout} s.")
 
 
 def start_worker(env, *options):
@@ -62,21 +31,9 @@ def start_worker(env, *options):
     )
 
 
-def start_uvicorn(port=None, app="tests.asgi:application", graceful_timeout=None, **env):
-    """A uvicorn server process (ASGI, so the event stream really streams).
-
-    With ``graceful_timeout``, a stopped server waits that many seconds for open
-    responses (event streams never end by themselves), then closes them.
-    """
-    port = port or free_port()
-    options = ["--timeout-graceful-shutdown", str(graceful_timeout)] if graceful_timeout is not None else []
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning", "--no-access-log", *options],
-        env=child_env(**env),
-    )
-    wait_for_port(port, process)
-    return process, f"http://127.0.0.1:{port}"
+def start_uvicorn(port=None, app="tests.asgi:application", graceful_timeout=2, **env):
+    """A uvicorn server process on the test settings (ASGI, so the event stream really streams)."""
+    return processes.start_uvicorn(app, child_env(**env), port=port, graceful_timeout=graceful_timeout)
 
 
 class Publisher:
@@ -96,14 +53,13 @@ class Publisher:
     def close(self):
         self.process.stdin.close()
         stop(self.process)
-        self.process.stdout.close()
 
 
 class PrivateRedis:
     """A redis-server that keeps its data across a restart on the same port."""
 
     def __init__(self):
-        self.port = redis_server.free_port()
+        self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="async-downloads-outage-")
         self.start()
 

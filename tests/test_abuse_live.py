@@ -136,19 +136,6 @@ class TestEventStream:
 # ---------------------------------------------------------------- the WebSocket consumer
 
 
-@pytest.fixture
-def ws_mode(settings):
-    """WS mode, on a channel layer of this test's own.
-
-    A socket's last receive can outlive its test's event loop, holding a lock of the
-    layer it was made with: a later test on the same layer would trip over it.
-    """
-    from channels.layers import channel_layers
-
-    settings.ASYNC_DOWNLOADS_WS_MODE = True
-    channel_layers.backends.clear()
-
-
 # The actions a page may send, each with the download of Bob's it would act on.
 ACTIONS = {"clear": "complete", "cancel": "running"}
 SOCKET_KEYS = {

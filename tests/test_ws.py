@@ -21,7 +21,7 @@ from django.template.loader import render_to_string
 from async_downloads import cache, partials, ws
 from async_downloads.templatetags.async_downloads import async_downloads_head
 from tests.asgi_ws import application  # imported now: its origin validator reads ALLOWED_HOSTS once
-from tests.processes import child_env, start_uvicorn, stop
+from tests.processes import child_env, start_uvicorn, start_worker, stop
 from tests.sse_client import session_cookies
 from tests.testapp.tasks import ping, report_progress
 
@@ -33,8 +33,8 @@ TIMEOUT = 15
 
 
 @pytest.fixture(autouse=True)
-def ws_mode(settings):
-    settings.ASYNC_DOWNLOADS_WS_MODE = True
+def _in_ws_mode(ws_mode):
+    pass
 
 
 def run(coroutine_function):
@@ -81,11 +81,7 @@ def row(html, key):
 @pytest.fixture(scope="session")
 def ws_worker(django_db_setup, django_db_blocker):
     """A real Celery worker process in WS mode, on a queue of its own."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "--pool", "solo",
-         "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        env=child_env(ASYNC_DOWNLOADS_TEST_WS="1"),
-    )
+    process = start_worker(child_env(ASYNC_DOWNLOADS_TEST_WS="1"))
     try:
         ping.apply_async(queue=WS_QUEUE).get(timeout=60)
         yield process

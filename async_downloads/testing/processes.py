@@ -41,16 +41,18 @@ def wait_for_port(port, process=None, timeout=30):
     raise RuntimeError(f"Nothing listens on port {port} after {timeout} s.")
 
 
-def uvicorn_command(app, port, factory=False):
+def uvicorn_command(app, port, factory=False, graceful_timeout=2):
+    """uvicorn's command line; a stopped server gives open responses (event streams never
+    end by themselves) ``graceful_timeout`` seconds, then closes them."""
     command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-               "--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", "2"]
+               "--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", str(graceful_timeout)]
     return command + ["--factory"] if factory else command
 
 
-def start_uvicorn(app, env, port=None, factory=False, wait=True, **popen):
+def start_uvicorn(app, env, port=None, factory=False, wait=True, graceful_timeout=2, **popen):
     """A uvicorn process serving ``app`` with ``env``; returns ``(process, url)``."""
     port = port or free_port()
-    process = subprocess.Popen(uvicorn_command(app, port, factory), env=env, **popen)
+    process = subprocess.Popen(uvicorn_command(app, port, factory, graceful_timeout), env=env, **popen)
     if wait:
         try:
             wait_for_port(port, process)
