@@ -259,9 +259,12 @@ def set_percentage(download_key, percentage):
         record.update(percentage=value, state=RUNNING)
         moved.append(value)
 
-    record = store.update(download_key, change)
-    if record is not None and moved:
-        events.download_changed(record, events.UPDATED)
+    def publish(record):
+        # Under the record's lock: a cancel or the completion cannot overtake this row.
+        if moved:
+            events.download_changed(record, events.UPDATED)
+
+    store.update(download_key, change, then=publish)
 
 
 def heartbeat_interval():

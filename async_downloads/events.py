@@ -9,6 +9,7 @@ transport works again, since the record in the cache stays the truth.
 import logging
 import threading
 import time
+from contextlib import contextmanager
 
 from django.dispatch import Signal
 
@@ -46,21 +47,45 @@ def download_changed(record, kind):
 
 
 def publish(pk, record=None, kind=None):
-    from . import partials, store
-    from .conf import settings
+    """Render and send what ``kind`` happened to ``record`` means to the user's pages.
+
+    Progress (``UPDATED``) is rendered from ``record``: ``set_percentage`` publishes it
+    while it still holds the record's lock, so one download's rows go out in the order
+    of its changes. Anything else re-renders the list from the cache under a per-user
+    lock: a process that read an older list (two downloads finishing at once in two
+    workers, a worker's progress racing a cancel) can never send it after a newer one.
+    """
+    from . import partials
 
     transport = partials.transport()
     if transport == "poll":
         return  # pages ask; nothing is pushed
-    # One user's messages are rendered and sent one at a time, from what the cache holds
-    # at that moment: a process that read an older state (a worker's progress racing a
-    # cancel, two downloads finishing in two workers) can never send it after a newer one.
-    with store.locked(settings.COLLECTION_KEY_FORMAT.format(pk) + ":publish"):
-        if kind == UPDATED:
-            record = store.read(record["key"])
-            if record is None:
-                return  # cleared meanwhile; that message has gone or is on its way
+    if kind == UPDATED:
         _transport_send(transport, pk, partials.render_message(pk, record, kind))
+        return
+    with _users_turn(pk):
+        _transport_send(transport, pk, partials.render_message(pk, record, kind))
+
+
+_turns = threading.local()
+
+
+@contextmanager
+def _users_turn(pk):
+    """The per-user publish lock; taken once per thread (rendering a list may publish a stall)."""
+    from . import store
+    from .conf import settings
+
+    held = _turns.__dict__.setdefault("pks", set())
+    if pk in held:
+        yield
+        return
+    with store.locked(settings.COLLECTION_KEY_FORMAT.format(pk) + ":publish"):
+        held.add(pk)
+        try:
+            yield
+        finally:
+            held.discard(pk)
 
 
 def _transport_send(name, pk, html):

@@ -150,11 +150,12 @@ def create(record, collection_key):
         _write_collection(cache, collection_key, keys, record["expires"])
 
 
-def update(key, change):
+def update(key, change, then=None):
     """Apply ``change(record)`` under the record's lock and store the result.
 
     ``change`` returns False to leave the record as it was. A missing record
-    (cleared or expired) stays missing. Returns the stored record, or None.
+    (cleared or expired) stays missing. ``then(record)`` runs after the write,
+    still under the lock. Returns the stored record, or None.
     """
     with locked(key) as cache:
         record = cache.get(key)
@@ -162,6 +163,8 @@ def update(key, change):
             return None
         record["updated"] = time.time()
         write(cache, record)
+        if then is not None:
+            then(record)
         return record
 
 

@@ -1,5 +1,9 @@
 """The one publish step."""
 
+import logging
+import threading
+import time
+
 import pytest
 
 from async_downloads import cache, events, sse
@@ -45,38 +49,49 @@ def test_the_polling_transport_pushes_nothing(settings, sent, alice):
     assert sent == []
 
 
-def test_a_progress_message_sends_the_state_the_cache_holds_when_it_is_sent(sent, alice):
-    """A worker's progress that loses the race with a cancel does not paint the row as running again."""
+def paused_in(thread_name, monkeypatch):
+    """Make ``partials.render_message`` stop in the thread named ``thread_name`` once it has
+    rendered: returns (rendered, may_send) events."""
+    from async_downloads import partials
+
+    rendered, may_send = threading.Event(), threading.Event()
+    render_message = partials.render_message
+
+    def paused(*args, **kwargs):
+        html = render_message(*args, **kwargs)
+        if threading.current_thread().name == thread_name:
+            rendered.set()
+            assert may_send.wait(10)
+        return html
+
+    monkeypatch.setattr(partials, "render_message", paused)
+    return rendered, may_send
+
+
+def test_a_cancel_never_goes_out_before_the_progress_it_overtook(sent, alice, monkeypatch):
+    """A worker rendered its progress row; the user cancels meanwhile. The cancel's message goes last."""
     _, key = cache.init_download(alice, "a.csv")
-    cache.set_percentage(key, 10)
-    stale = cache.get_download(key)
-    cache.cancel_download(key)
-    events.publish(alice.pk, stale, events.UPDATED)
-    pk, html = sent[-1]
-    assert "async-download--cancelled" in html
-    assert 'aria-valuenow="10"' not in html
+    rendered, may_send = paused_in("worker", monkeypatch)
+    worker = threading.Thread(target=cache.set_percentage, args=(key, 50), name="worker")
+    web = threading.Thread(target=cache.cancel_download, args=(key,), name="web")
+    worker.start()
+    assert rendered.wait(10)
+    web.start()
+    time.sleep(0.2)  # the cancel is now waiting for the record
+    may_send.set()
+    worker.join(10)
+    web.join(10)
+    assert cache.get_download(key)["state"] == "cancelled"
+    assert 'aria-valuenow="50"' in sent[-2][1]
+    assert "async-download--cancelled" in sent[-1][1], "the progress row went out after the cancel"
 
 
 def test_a_message_rendered_earlier_is_never_sent_after_a_later_one(sent, alice, monkeypatch):
     """Process A renders the list while a download runs; B completes it meanwhile. B's list goes last."""
-    import threading
-    import time
-
-    from async_downloads import partials
-
     _, key = cache.init_download(alice, "a.csv")
     cache.set_percentage(key, 50)
-    a_rendered, a_may_send, b_publishing = threading.Event(), threading.Event(), threading.Event()
-    render_message = partials.render_message
-
-    def paused_for_a(*args, **kwargs):
-        html = render_message(*args, **kwargs)
-        if threading.current_thread().name == "A":
-            a_rendered.set()
-            assert a_may_send.wait(10)
-        return html
-
-    monkeypatch.setattr(partials, "render_message", paused_for_a)
+    rendered, may_send = paused_in("A", monkeypatch)
+    b_publishing = threading.Event()
 
     def receiver(sender, record, kind, **kwargs):
         if kind == events.COMPLETED:
@@ -87,11 +102,11 @@ def test_a_message_rendered_earlier_is_never_sent_after_a_later_one(sent, alice,
     b = threading.Thread(target=cache.save_download, args=(key, [["x"]]), name="B")
     try:
         a.start()
-        assert a_rendered.wait(10)
+        assert rendered.wait(10)
         b.start()
         assert b_publishing.wait(10)
         time.sleep(0.2)  # B is now at the publish step, behind A
-        a_may_send.set()
+        may_send.set()
         a.join(10)
         b.join(10)
     finally:
@@ -99,3 +114,38 @@ def test_a_message_rendered_earlier_is_never_sent_after_a_later_one(sent, alice,
     assert len(sent) >= 2
     last = sent[-1][1]
     assert f"/async_downloads/download/{key}/" in last, "the list A read before the file was saved went out last"
+
+
+def test_a_list_that_finds_a_stalled_download_publishes_both_without_waiting(sent, alice, monkeypatch, caplog):
+    """Rendering a list can turn a stalled download into an error, which publishes too, in the
+    same thread: that publish must not wait for the user's lock its own thread holds."""
+    from contextlib import contextmanager
+
+    from async_downloads import store
+
+    waiting_or_holding, most = [0], [0]
+    locked = store.locked
+
+    @contextmanager
+    def counted(key):
+        publish_lock = key.endswith(":publish")
+        waiting_or_holding[0] += publish_lock
+        most[0] = max(most[0], waiting_or_holding[0])
+        try:
+            with locked(key) as cache_:
+                yield cache_
+        finally:
+            waiting_or_holding[0] -= publish_lock
+
+    _, stalled = cache.init_download(alice, "old.csv")
+    _, other = cache.init_download(alice, "other.csv")
+    cache.set_percentage(stalled, 40)
+    store.get_cache().set(stalled, {**store.read(stalled), "updated": time.time() - 3600}, 60)
+    sent.clear()
+    monkeypatch.setattr(store, "locked", counted)
+    with caplog.at_level(logging.WARNING, logger="async_downloads"):
+        cache.set_error(other, "No.")
+    assert most[0] == 1, "the nested publish waited for the lock its own thread held"
+    assert "will resend" not in caplog.text
+    assert len(sent) == 2
+    assert all("stopped responding" in html for _, html in sent)
