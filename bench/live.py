@@ -1895,9 +1895,10 @@ def _ms(value):
     return "–" if value is None else f"{value:.1f}"
 
 
-def markdown(results):
+def markdown(results, heading=True):
+    """The section's text; ``heading=False`` when the report around it has its own heading."""
     o = results["options"]
-    parts = ["## Live delivery: latency, memory per stream, CPU against polling", ""]
+    parts = ["## Live delivery: latency, memory per stream, CPU against polling", ""] if heading else []
     m = results.get("machine", {})
     parts.append(
         f"`python -m bench.live`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(results.get('finished', time.time())))}, "

@@ -839,7 +839,7 @@ def bench_live(opts):
     r = live.run()
     for verdict in r["verdicts"]:
         log(f"live: {verdict['name']}: {verdict['measured']} (target {verdict['target']})")
-    return {"results": r, "targets": r["verdicts"], "markdown": live.markdown(r)}
+    return {"results": r, "targets": r["verdicts"], "markdown": live.markdown(r, heading=False)}
 
 
 @section("load", "Under load: 4 workers, 100 exports, 500 SSE clients on 2 web processes")
