@@ -7,6 +7,7 @@ taken from ``request.user`` only.
 """
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -122,6 +123,7 @@ async def events(request):
         return HttpResponseBadRequest(problem)
     request.user = user  # django-eventstream reads it; no second lookup
     ensure_listener()
+    _resume_after_what_was_read()
     import jwt
     from django_eventstream.views import events as eventstream_events
 
@@ -148,6 +150,35 @@ def _unreadable(request):
     if "recover" in request.GET and not hasattr(request, "grip"):
         return "recover is for requests through a GRIP proxy."
     return None
+
+
+def _resume_after_what_was_read():
+    """Make django-eventstream's reads move the request past the events they returned.
+
+    Its stream reads the storage from the request's ids, sends what it found, and
+    reads again when live events came in meanwhile; it moves the request's ids on
+    only when a read was cut short by its limit, so that second read sent every
+    event of the first one again (a page whose export was already running saw its
+    progress start over). Applied once per process; idempotent.
+    """
+    from django_eventstream import eventstream
+
+    if getattr(eventstream.get_events, "resumes_after_read", False):
+        return
+    read = eventstream.get_events
+
+    @functools.wraps(read)
+    def get_events(request, *args, **kwargs):
+        response = read(request, *args, **kwargs)
+        for channel, items in response.channel_items.items():
+            if items:
+                request.channel_last_ids[channel] = str(items[-1].id)
+            elif channel in response.channel_last_ids:
+                request.channel_last_ids[channel] = response.channel_last_ids[channel]
+        return response
+
+    get_events.resumes_after_read = True
+    eventstream.get_events = get_events
 
 
 def _release_request_thread():

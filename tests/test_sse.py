@@ -1,5 +1,6 @@
 """The event stream, read from a real uvicorn process."""
 
+import asyncio
 import os
 import re
 
@@ -137,3 +138,51 @@ def test_idle_streams_hold_no_thread_and_no_database_connection(alice):
         stop(process)
     assert threads_after - threads_before < 5
     assert fds_after - fds_before <= 20 + 3  # one socket per stream
+
+
+def test_events_that_arrive_while_a_stream_catches_up_do_not_resend_what_it_caught_up_on(alice, monkeypatch):
+    """The stream reads the storage after ``lastEventId``, then, as live events came in during that
+    read, reads it again: from after what it has sent, so that no event is sent twice."""
+    from asgiref.sync import async_to_sync
+    from django.test import RequestFactory
+    from django_eventstream.eventrequest import EventRequest
+    from django_eventstream.views import Listener, stream
+
+    start = sse.current_event_id(alice.pk)
+    for n in range(3):
+        sse.send(alice.pk, f"<p>caught up {n}</p>")
+    listener = Listener()
+    read = sse.EventStorage.get_events
+    reads = []
+
+    def read_while_an_event_arrives(storage, channel_, last_id, limit=50):
+        found = read(storage, channel_, last_id, limit)
+        reads.append(last_id)
+        if len(reads) == 1:
+            sse.send(alice.pk, "<p>live</p>")  # stored, and queued for the stream as the listener would
+            live = read(storage, channel_, found[-1].id, limit)
+            listener.channel_items[channel_] = live
+        return found
+
+    monkeypatch.setattr(sse.EventStorage, "get_events", read_while_an_event_arrives)
+    request = RequestFactory().get("/async_downloads/events/", {"lastEventId": start})
+    request.user = alice
+    sse._resume_after_what_was_read()
+    event_request = EventRequest(request, view_kwargs={"async_downloads": True})
+    listener.channels = event_request.channels
+
+    async def ids_sent():
+        body = ""
+        chunks = stream(event_request, listener)
+        try:
+            while "live" not in body:
+                body += await asyncio.wait_for(chunks.__anext__(), 10)
+        finally:
+            await chunks.aclose()
+        ids = re.findall(r"^id: (\S+)$", body, re.MULTILINE)
+        return ids, body
+
+    ids, body = async_to_sync(ids_sent)()
+    assert [body.count(f"caught up {n}") for n in range(3)] + [body.count("live")] == [1, 1, 1, 1]
+    assert len(ids) == len(set(ids)) == 4
+    assert reads[1] == int(ids[2].rsplit(":", 1)[1]), "the second read did not start after the first"
