@@ -319,15 +319,20 @@ def update_percentage(download_key, total, cur, resolution=10):
     ``heartbeat_interval()``); it stops at 99 until the file is saved. Raises
     ``DownloadCancelled`` when it writes and finds the download cancelled.
     """
+    # Called once per row: plain comparisons rather than min()/max() on the common path.
     if type(total) is not int or type(cur) is not int or type(resolution) is not int:
-        total, cur, resolution = (
-            _checked_number("total", total), _checked_number("cur", cur), _checked_number("resolution", resolution)
-        )
+        total, cur = _checked_number("total", total), _checked_number("cur", cur)
+        resolution = int(_checked_number("resolution", resolution))
     if total <= 0:
         return
-    resolution = min(max(1, int(resolution)), 100)
-    step = min((cur + 1) * resolution // total, resolution)
-    percentage = min(step * 100 // resolution, 99)
+    if resolution < 1 or resolution > 100:
+        resolution = 1 if resolution < 1 else 100
+    step = (cur + 1) * resolution // total
+    if step > resolution:
+        step = resolution
+    percentage = step * 100 // resolution
+    if percentage > 99:
+        percentage = 99
     shown = _shown.get(download_key)
     if shown is not None and shown[0] == percentage and time.monotonic() < shown[1]:
         return
