@@ -19,8 +19,6 @@ a ``just demo`` running on the same machine is left alone.
 
 import argparse
 import contextlib
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -29,19 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # celery.py would shadow the celery package).
 sys.path[0] = str(ROOT)
 
+from async_downloads.testing.browser import chromium_path, launch  # noqa: E402
 from sample_site.demo_processes import SETS, private_redis, site  # noqa: E402
 from sample_site.shop.demo import DEMO_USERS  # noqa: E402
 
 OUT_DIR = ROOT / "docs" / "screenshots"
 VIEWPORT = {"width": 1100, "height": 700}
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 USERNAME, PASSWORD, _ = DEMO_USERS[0]
 SLOW_REPORT = "Start report"  # Daily revenue: about 30 s of smooth progress
 FAILING_EXPORT = "Try it"  # Stock levels: fails halfway
@@ -83,11 +74,11 @@ def main(argv=None):
 def browser():
     from playwright.sync_api import sync_playwright
 
-    executable = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    executable = chromium_path()
     if executable is None:
         sys.exit("Chromium is not installed: run `just system-deps` (Debian: apt-get install chromium).")
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        chromium = launch(playwright, executable)
         try:
             yield chromium
         finally:

@@ -1,24 +1,15 @@
 """Real headless Chromium (Debian's package) driven by Playwright."""
 
 import os
-import shutil
 import time
 
 import pytest
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-    "--no-first-run",
-]
+from async_downloads.testing import browser
 
 
 def chromium_path():
-    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    path = browser.chromium_path()
     if path is None:
         if os.environ.get("CI"):
             pytest.fail("Chromium is not installed (just system-deps installs it).")
@@ -27,7 +18,7 @@ def chromium_path():
 
 
 def launch(playwright):
-    return playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+    return browser.launch(playwright, chromium_path())
 
 
 def log_in(page, base_url, username, password):
