@@ -281,9 +281,12 @@ def retry(row, name):
 
 def open_centre(page):
     """Open the centre's <details>, in the sets that have one (the toasts are always shown)."""
+    # A click must not begin on the indicator: a pushed update may replace it before the release.
+    assert page.evaluate("getComputedStyle(document.getElementById('async-downloads-indicator')).pointerEvents") == "none"
     details = page.locator("#async-downloads-centre details")
     if details.count() and details.get_attribute("open") is None:
         details.locator("summary").click()
+        page.locator("#async-downloads-centre details[open]").wait_for(timeout=5000)
 
 
 def check_timeline(timeline):
