@@ -61,14 +61,14 @@ coverage *args: setup system-deps
 
 # Benchmarks; writes bench/report.md and bench/report.json.
 bench *args: setup system-deps
-    python -m async_downloads.testing.redis_server python bench/run.py "$@"
+    python -m devtools.redis_server python bench/run.py "$@"
 
 # The sample site at http://127.0.0.1:8000 (PORT=… to change): uvicorn, a Celery worker and Redis. Ctrl-C stops all.
 demo: setup
     #!/usr/bin/env bash
     set -euo pipefail
     cd "{{justfile_directory()}}"
-    redis_answers() { python -c "import os, sys; from async_downloads.testing.redis_server import answers, DEFAULT_URL; sys.exit(not answers(os.environ.get('REDIS_URL') or DEFAULT_URL))"; }
+    redis_answers() { python -c "import os, sys; from devtools.redis_server import answers, DEFAULT_URL; sys.exit(not answers(os.environ.get('REDIS_URL') or DEFAULT_URL))"; }
     if ! command -v redis-server >/dev/null && ! redis_answers; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
             echo "Installing redis-server (apt-get)…"
@@ -90,7 +90,7 @@ demo: setup
     python sample_site/manage.py seed_demo --url "http://127.0.0.1:$port/"
     echo "Press Ctrl-C to stop."
     status=0
-    python -m async_downloads.testing.redis_server honcho --procfile sample_site/Procfile start --port "$port" || status=$?
+    python -m devtools.redis_server honcho --procfile sample_site/Procfile start --port "$port" || status=$?
     # Ctrl-C (130) is how the demo is meant to end.
     if [ "$status" = 130 ]; then exit 0; else exit "$status"; fi
 
@@ -111,6 +111,6 @@ demo-reset: setup
     set -euo pipefail
     cd "{{justfile_directory()}}"
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" DJANGO_SETTINGS_MODULE=sample_site.settings
-    python -m async_downloads.testing.redis_server python sample_site/manage.py reset_demo
+    python -m devtools.redis_server python sample_site/manage.py reset_demo
     rm -rf sample_site/db.sqlite3 sample_site/media sample_site/var
     echo "Sample site reset."

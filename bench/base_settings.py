@@ -12,7 +12,7 @@ settings on import.
 
 import os
 
-from async_downloads.testing import redis_server
+from devtools import redis_server
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 DATA_DIR = os.path.join(BENCH_DIR, ".data")

@@ -42,7 +42,7 @@ import threading
 import time
 import uuid
 
-from async_downloads.testing.processes import free_port, stop, uvicorn_command
+from devtools.processes import free_port, stop, uvicorn_command
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH_DIR)

@@ -10,7 +10,7 @@ is bench/base_settings.py.
 
 import os
 
-from async_downloads.testing.redis_server import connection_kwargs
+from devtools.redis_server import connection_kwargs
 from bench.base_settings import *  # noqa: F403
 from bench.base_settings import DATA_DIR, redis_cache, redis_url
 

@@ -57,7 +57,7 @@ import sys
 import time
 import uuid
 
-from async_downloads.testing.processes import start_uvicorn, stop, wait_for_port
+from devtools.processes import start_uvicorn, stop, wait_for_port
 from bench.live import (
     StreamClient,
     others_cpu,
@@ -595,7 +595,7 @@ def bench_run(scenario=None):
     import shutil
     import tempfile
 
-    from async_downloads.testing import redis_server
+    from devtools import redis_server
 
     os.environ["REDIS_URL"] = redis_server.ensure()
     work_dir = tempfile.mkdtemp(prefix="adbench-load-")

@@ -9,7 +9,7 @@ stored in the database, as with Django's defaults. The rest is bench/base_settin
 
 import os
 
-from async_downloads.testing.redis_server import connection_kwargs
+from devtools.redis_server import connection_kwargs
 from bench.base_settings import *  # noqa: F403
 from bench.base_settings import redis_cache, redis_url
 

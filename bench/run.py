@@ -4,7 +4,7 @@
     just bench --only queryset_to_csv   # one section; the others keep their last results
     just bench --list                   # the sections
 
-``just bench`` runs this under ``python -m async_downloads.testing.redis_server``,
+``just bench`` runs this under ``python -m devtools.redis_server``,
 which sets ``REDIS_URL`` to a Redis that answers. Settings: ``bench/settings.py``
 (SQLite in bench/.data/, Redis db 12 under the ``adbench`` prefix, files in a
 temporary folder removed at the end).

@@ -8,7 +8,7 @@ bench/base_settings.py.
 import os
 import tempfile
 
-from async_downloads.testing.redis_server import connection_kwargs
+from devtools.redis_server import connection_kwargs
 from bench.base_settings import *  # noqa: F403
 from bench.base_settings import DATA_DIR, INSTALLED_APPS, redis_cache, redis_url
 

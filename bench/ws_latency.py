@@ -46,8 +46,8 @@ def run():
     """Measure both transports in one run; return their figures."""
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
-    from async_downloads.testing import redis_server
-    from async_downloads.testing.processes import stop
+    from devtools import redis_server
+    from devtools.processes import stop
 
     os.environ["REDIS_URL"] = redis_server.ensure()
     work_dir = tempfile.mkdtemp(prefix="adbench-ws-")
@@ -71,7 +71,7 @@ def run():
 
 async def _measure(messages, downloads, env):
     """Start a worker, wait until the client listens, let the worker go, match rows to updates."""
-    from async_downloads.testing.processes import stop
+    from devtools.processes import stop
 
     worker = subprocess.Popen(
         [sys.executable, __file__, "--worker", json.dumps(downloads)], env=env, cwd=ROOT,
@@ -192,7 +192,7 @@ def _json_command(command, env):
 
 
 def _start_server(env):
-    from async_downloads.testing.processes import start_uvicorn
+    from devtools.processes import start_uvicorn
 
     return start_uvicorn("bench.ws_latency:asgi_application", {**env, "ADBENCH_WS": "0"}, factory=True, cwd=ROOT)
 

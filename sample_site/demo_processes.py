@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from async_downloads.testing.processes import stop  # noqa: E402
-from async_downloads.testing.redis_server import free_port, start_private_server  # noqa: E402
+from devtools.processes import stop  # noqa: E402
+from devtools.redis_server import free_port, start_private_server  # noqa: E402
 
 SETS = ("default", "bootstrap5", "toast", "semantic")
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # celery.py would shadow the celery package).
 sys.path[0] = str(ROOT)
 
-from async_downloads.testing.browser import chromium_path, launch  # noqa: E402
+from devtools.browser import chromium_path, launch  # noqa: E402
 from sample_site.demo_processes import SETS, private_redis, site  # noqa: E402
 from sample_site.shop.demo import DEMO_USERS  # noqa: E402
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
-from async_downloads.testing.redis_server import DEFAULT_URL, connection_kwargs
+from devtools.redis_server import DEFAULT_URL, connection_kwargs
 
 BASE_DIR = Path(__file__).resolve().parent
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from async_downloads.testing import browser
+from devtools import browser
 
 
 def chromium_path():

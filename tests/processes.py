@@ -8,8 +8,8 @@ import sys
 import tempfile
 import time
 
-from async_downloads.testing import processes, redis_server
-from async_downloads.testing.processes import free_port, stop, wait_for_port
+from devtools import processes, redis_server
+from devtools.processes import free_port, stop, wait_for_port
 
 __all__ = ["PrivateRedis", "Publisher", "child_env", "free_port", "start_uvicorn", "start_worker", "stop",
            "wait_for_port"]

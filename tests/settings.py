@@ -4,7 +4,7 @@ import os
 import tempfile
 import uuid
 
-from async_downloads.testing import redis_server
+from devtools import redis_server
 
 REDIS_URL = redis_server.ensure()
 # Every process of one test run (pytest, workers, web servers) shares one prefix.

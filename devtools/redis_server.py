@@ -1,6 +1,6 @@
 """A Redis server for tests and the demo: the one at ``REDIS_URL`` if it answers, else a private one.
 
-``python -m async_downloads.testing.redis_server COMMAND...`` runs COMMAND with
+``python -m devtools.redis_server COMMAND...`` runs COMMAND with
 ``REDIS_URL`` set to a Redis that answers, starting ``redis-server`` on a free
 port for the duration when none does.
 """
@@ -92,7 +92,7 @@ def _stop(process):
 
 
 def main(argv):
-    """``python -m async_downloads.testing.redis_server COMMAND...``: run COMMAND with REDIS_URL set."""
+    """``python -m devtools.redis_server COMMAND...``: run COMMAND with REDIS_URL set."""
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
