@@ -5,8 +5,7 @@ class AsyncDownloadsConfig(AppConfig):
     name = "async_downloads"
     verbose_name = "Async downloads"
 
-    def ready(self):
-        from . import checks  # noqa: F401  (registers the system checks)
-        from . import jobs
+    def ready(self) -> None:
+        from . import checks, receivers  # noqa: F401  (importing checks registers the system checks)
 
-        jobs.connect_signals()
+        receivers.connect()

@@ -4,8 +4,11 @@ import importlib.util
 
 from django.conf import settings as django_settings
 from django.core.checks import Error, Warning, register
+from django.utils.module_loading import import_string
 
-from .conf import settings
+from . import compat
+from .conf import TRANSPORTS, settings
+from .sse import ChannelManager
 
 PER_PROCESS_CACHES = {
     "django.core.cache.backends.locmem.LocMemCache",
@@ -108,14 +111,10 @@ def check_event_bus(app_configs=None, **kwargs):
 
 @register()
 def check_channel_manager(app_configs=None, **kwargs):
-    from django.utils.module_loading import import_string
-
     if settings.WS_MODE or str(settings.TRANSPORT).lower() != "sse":
         return []
     path = getattr(django_settings, "EVENTSTREAM_CHANNELMANAGER_CLASS", "")
     try:
-        from .sse import ChannelManager
-
         ok = bool(path) and issubclass(import_string(path), ChannelManager)
     except (ImportError, TypeError):  # TypeError: the path names something that is not a class
         ok = False
@@ -133,8 +132,6 @@ def check_channel_manager(app_configs=None, **kwargs):
 
 @register()
 def check_transport(app_configs=None, **kwargs):
-    from .partials import TRANSPORTS
-
     if str(settings.TRANSPORT).lower() in TRANSPORTS:
         return []
     return [
@@ -142,5 +139,20 @@ def check_transport(app_configs=None, **kwargs):
             f"ASYNC_DOWNLOADS_TRANSPORT is {settings.TRANSPORT!r}; it must be one of {TRANSPORTS!r}.",
             hint='Use "sse" (the default) or "poll"; WebSocket mode is ASYNC_DOWNLOADS_WS_MODE = True.',
             id="async_downloads.E005",
+        )
+    ]
+
+
+@register()
+def check_compat(app_configs=None, **kwargs):
+    missing = compat.problems()
+    if not missing:
+        return []
+    return [
+        Warning(
+            "The installed django-eventstream or asgiref lacks what async_downloads adapts to: "
+            + "; ".join(missing) + ".",
+            hint="Install the versions that pyproject.toml of django-async-downloads allows.",
+            id="async_downloads.W004",
         )
     ]

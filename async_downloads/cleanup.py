@@ -4,7 +4,7 @@ import logging
 import posixpath
 
 from . import files, store
-from .cache import is_download_key
+from .records import is_download_key
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,13 @@
 """Settings of the app, read on every access so ``override_settings`` works."""
 
+from __future__ import annotations
+
+from typing import Any
+
 from django.conf import settings as django_settings
 from django.core.cache import DEFAULT_CACHE_ALIAS
+
+TRANSPORTS = ("sse", "poll", "ws")
 
 DEFAULTS = {
     "TIMEOUT": 60 * 60 * 24,
@@ -31,15 +37,25 @@ DEFAULTS = {
 class Settings:
     """``conf.settings.TIMEOUT`` reads ``ASYNC_DOWNLOADS_TIMEOUT`` or its default."""
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         if name not in DEFAULTS:
             raise AttributeError(f"Unknown async_downloads setting {name!r}.")
         return getattr(django_settings, f"ASYNC_DOWNLOADS_{name}", DEFAULTS[name])
 
     @property
-    def CACHE_NAME(self):
+    def CACHE_NAME(self) -> str:
         # Earlier releases documented "" as "the default cache".
         return getattr(django_settings, "ASYNC_DOWNLOADS_CACHE_NAME", "") or DEFAULT_CACHE_ALIAS
 
 
 settings = Settings()
+
+
+def transport() -> str:
+    """How pages hear of changes: "sse" (the default), "poll", or "ws" in WS mode."""
+    if settings.WS_MODE:
+        return "ws"
+    name = str(settings.TRANSPORT).lower()
+    if name not in TRANSPORTS:
+        raise ValueError(f"ASYNC_DOWNLOADS_TRANSPORT is {name!r}; use one of {TRANSPORTS!r}.")
+    return name

@@ -6,31 +6,36 @@ task; the user is then brought up to date with a full message as soon as the
 transport works again, since the record in the cache stays the truth.
 """
 
+from __future__ import annotations
+
 import logging
 import threading
 import time
-from contextlib import contextmanager
+from typing import Any, Final
 
 from django.dispatch import Signal
 
-logger = logging.getLogger(__name__)
+from . import partials, sse, store, ws
+from .conf import transport
+from .records import CANCELLED_KIND as CANCELLED
+from .records import CLEARED, COMPLETED, CREATED, FAILED, KINDS, UPDATED, Record
 
-CREATED, UPDATED, COMPLETED, FAILED, CLEARED, CANCELLED = (
-    "created",
-    "updated",
-    "completed",
-    "failed",
-    "cleared",
-    "cancelled",
-)
+__all__ = [
+    "CANCELLED", "CLEARED", "COMPLETED", "CREATED", "FAILED", "KINDS", "UPDATED",
+    "download_changed", "download_changed_signal", "publish",
+]
+
+logger = logging.getLogger(__name__)
 
 #: Sent after a download's record changed, with ``record`` and ``kind``.
 download_changed_signal = Signal()
 
-RESYNC_INTERVAL = 1.0
+RESYNC_INTERVAL: Final = 1.0
+#: The transports that push, by name (the polling transport has none).
+PUSHERS: Final = {"sse": sse, "ws": ws}
 
 
-def download_changed(record, kind):
+def download_changed(record: Record, kind: str) -> None:
     """Tell the user's pages about a change. Never raises."""
     try:
         download_changed_signal.send(sender=None, record=record, kind=kind)
@@ -46,7 +51,7 @@ def download_changed(record, kind):
         _resync.add(pk)
 
 
-def publish(pk, record=None, kind=None):
+def publish(pk: Any, record: Record | None = None, kind: str | None = None) -> None:
     """Render and send what ``kind`` happened to ``record`` means to the user's pages.
 
     Progress (``UPDATED``) is rendered from ``record``: ``set_percentage`` publishes it
@@ -55,66 +60,32 @@ def publish(pk, record=None, kind=None):
     lock: a process that read an older list (two downloads finishing at once in two
     workers, a worker's progress racing a cancel) can never send it after a newer one.
     """
-    from . import partials
-
-    transport = partials.transport()
-    if transport == "poll":
-        return  # pages ask; nothing is pushed
+    pusher = PUSHERS.get(transport())
+    if pusher is None:
+        return  # the polling transport: pages ask; nothing is pushed
     if kind == UPDATED:
-        _transport_send(transport, pk, partials.render_message(pk, record, kind))
+        pusher.send(pk, partials.render_message(pk, record, kind))
         return
-    with _users_turn(pk):
-        _transport_send(transport, pk, partials.render_message(pk, record, kind))
-
-
-_turns = threading.local()
-
-
-@contextmanager
-def _users_turn(pk):
-    """The per-user publish lock; taken once per thread (rendering a list may publish a stall)."""
-    from . import store
-    from .conf import settings
-
-    held = _turns.__dict__.setdefault("pks", set())
-    if pk in held:
-        yield
-        return
-    with store.locked(settings.COLLECTION_KEY_FORMAT.format(pk) + ":publish"):
-        held.add(pk)
-        try:
-            yield
-        finally:
-            held.discard(pk)
-
-
-def _transport_send(name, pk, html):
-    if name == "sse":
-        from . import sse
-
-        sse.send(pk, html)
-    elif name == "ws":
-        from . import ws
-
-        ws.send(pk, html)
+    with store.locked(f"{store.collection_key(pk)}:publish"):
+        pusher.send(pk, partials.render_message(pk, record, kind))
 
 
 class _Resync:
     """Users whose pages missed an update; a daemon thread resends their whole centre."""
 
-    def __init__(self):
-        self.pending = set()
+    def __init__(self) -> None:
+        self.pending: set[Any] = set()
         self.lock = threading.Lock()
-        self.thread = None
+        self.thread: threading.Thread | None = None
 
-    def add(self, pk):
+    def add(self, pk: Any) -> None:
         with self.lock:
             self.pending.add(pk)
             if self.thread is None:
                 self.thread = threading.Thread(target=self.run, name="async-downloads-resync", daemon=True)
                 self.thread.start()
 
-    def run(self):
+    def run(self) -> None:
         while True:
             time.sleep(RESYNC_INTERVAL)
             for pk in list(self.pending):

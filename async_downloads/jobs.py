@@ -10,22 +10,29 @@ tasks of Django's Tasks framework (``django.tasks`` on Django 6, or the
 ``django_tasks`` backport), which are enqueued with ``enqueue``.
 """
 
+from __future__ import annotations
+
 import importlib
 import json
 import logging
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, Final
 
+from celery import current_app
 from django.utils.module_loading import import_string
 
 from . import store
+from .records import Record, TaskInfo
 
 logger = logging.getLogger(__name__)
 
-CELERY, DJANGO = "celery", "django"
-TASKS_FRAMEWORKS = ("django.tasks", "django_tasks")
-CANCELLED_PATH = "async_downloads.cache.DownloadCancelled"
+CELERY: Final = "celery"
+DJANGO: Final = "django"
+TASKS_FRAMEWORKS: Final = ("django.tasks", "django_tasks")
 
 
-def tasks_frameworks():
+def tasks_frameworks() -> list[ModuleType]:
     """The installed modules of Django's Tasks framework (Django's own first, then the backport)."""
     found = []
     for name in TASKS_FRAMEWORKS:
@@ -36,21 +43,21 @@ def tasks_frameworks():
     return found
 
 
-def is_django_task(task):
+def is_django_task(task: object) -> bool:
     for framework in tasks_frameworks():
         if isinstance(task, importlib.import_module(f"{framework.__name__}.base").Task):
             return True
     return False
 
 
-def task_name(task):
+def task_name(task: Any) -> str:
     """What identifies ``task`` in a record: Celery's task name, or a Django task's import path."""
     if is_django_task(task):
-        return task.module_path
+        return str(task.module_path)
     return getattr(task, "name", None) or repr(task)
 
 
-def check_task(task):
+def check_task(task: object) -> None:
     """Raise a TypeError unless ``task`` is a Celery task or a Django Tasks task."""
     if is_django_task(task) or callable(getattr(task, "delay", None)):
         return
@@ -60,7 +67,7 @@ def check_task(task):
     )
 
 
-def check_arguments(task, args, kwargs):
+def check_arguments(task: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Raise a TypeError naming the first argument that JSON cannot carry."""
     named = [(f"positional argument {index + 1}", value) for index, value in enumerate(args)]
     named += [(f"keyword argument {name!r}", value) for name, value in kwargs.items()]
@@ -75,7 +82,7 @@ def check_arguments(task, args, kwargs):
             ) from None
 
 
-def describe(task, args, kwargs):
+def describe(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskInfo | None:
     """The record's description of a task call: enough to make the same call again.
 
     None for an object that only has ``delay``: without a Celery task name it
@@ -84,13 +91,13 @@ def describe(task, args, kwargs):
     name = task.module_path if is_django_task(task) else getattr(task, "name", None)
     if not name:
         return None
-    info = {"name": name, "args": list(args), "kwargs": dict(kwargs)}
+    info: TaskInfo = {"name": name, "args": list(args), "kwargs": dict(kwargs)}
     if is_django_task(task):
         info.update(framework=DJANGO, backend=task.backend, queue=task.queue_name, priority=task.priority)
     return info
 
 
-def start(task, download_key, args, kwargs):
+def start(task: Any, download_key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Start ``task`` with ``(download_key, *args, **kwargs)``, remembered in the download's record."""
     info = describe(task, args, kwargs)
     if is_django_task(task):
@@ -98,7 +105,7 @@ def start(task, download_key, args, kwargs):
     return _run(download_key, info, lambda: task.delay(download_key, *args, **kwargs))
 
 
-def restart(info, download_key):
+def restart(info: TaskInfo, download_key: str) -> Any:
     """Start the task described by ``info`` (from a record) again, for ``download_key``."""
     args, kwargs = info["args"], info["kwargs"]
     if info.get("framework") == DJANGO:
@@ -110,16 +117,14 @@ def restart(info, download_key):
     return _run(download_key, info, lambda: _send(info["name"], [download_key, *args], kwargs))
 
 
-def _send(name, args, kwargs):
-    from celery import current_app
-
+def _send(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
     task = current_app.tasks.get(name)
     if task is not None:  # keeps the task's own options (queue, routing)
         return task.apply_async(args, kwargs)
     return current_app.send_task(name, args=args, kwargs=kwargs)
 
 
-def _run(download_key, info, call):
+def _run(download_key: str, info: TaskInfo | None, call: Callable[[], Any]) -> Any:
     if info:
         store.update(download_key, lambda record: record.update(task=info))
     result = call()
@@ -130,7 +135,7 @@ def _run(download_key, info, call):
     return result
 
 
-def revoke(record):
+def revoke(record: Record) -> None:
     """Keep the task of ``record`` from running if it has not started yet.
 
     Only Celery can revoke; a task of Django's Tasks framework, like a running
@@ -140,54 +145,6 @@ def revoke(record):
     if not task_id or (record.get("task") or {}).get("framework") == DJANGO:
         return
     try:
-        from celery import current_app
-
         current_app.control.revoke(task_id)
     except Exception:
         logger.warning("Could not revoke task %s.", task_id, exc_info=True)
-
-
-def on_task_failure(sender=None, task_id=None, exception=None, args=None, einfo=None, **extra):
-    """Celery's ``task_failure``: a task started by the shortcuts raised; its download is an error."""
-    from . import cache
-
-    if not args or isinstance(exception, cache.DownloadCancelled):
-        return
-    if cache.task_failed(args[0], task_id, getattr(sender, "name", None)) is not None:
-        logger.error(
-            "Task %s[%s] of download %s raised %r; the download is marked as failed.",
-            getattr(sender, "name", sender), task_id, args[0], exception,
-            exc_info=getattr(einfo, "exc_info", None),
-        )
-
-
-def on_task_finished(sender=None, task_result=None, **extra):
-    """Django Tasks' ``task_finished``: the same as ``on_task_failure``, for a task that failed."""
-    from . import cache
-
-    if task_result is None or str(task_result.status) != "FAILED" or not task_result.args:
-        return
-    errors = list(getattr(task_result, "errors", None) or [])
-    exception_path = errors[-1].exception_class_path if errors else ""
-    if exception_path == CANCELLED_PATH:
-        return
-    download_key = task_result.args[0]
-    if cache.task_failed(download_key, str(task_result.id), task_result.task.module_path) is not None:
-        logger.error(
-            "Task %s[%s] of download %s raised %s; the download is marked as failed.",
-            task_result.task.module_path, task_result.id, download_key, exception_path or "an exception",
-        )
-
-
-def connect_signals():
-    try:
-        from celery.signals import task_failure
-    except ImportError:  # pragma: no cover - celery is a dependency, but a site may run without it
-        pass
-    else:
-        task_failure.connect(on_task_failure, dispatch_uid="async_downloads.jobs.on_task_failure")
-    for framework in tasks_frameworks():
-        signals = importlib.import_module(f"{framework.__name__}.signals")
-        signals.task_finished.connect(
-            on_task_finished, dispatch_uid=f"async_downloads.jobs.on_task_finished.{framework.__name__}"
-        )

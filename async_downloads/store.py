@@ -11,15 +11,21 @@ While the cache server is unreachable (Redis restarting, say), every call
 waits for it, up to ``ASYNC_DOWNLOADS_OUTAGE_WAIT`` seconds, instead of failing at once.
 """
 
+from __future__ import annotations
+
 import logging
 import math
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
-from django.core.cache import caches
+from django.core.cache import BaseCache, caches
 
+from . import records
 from .conf import settings
+from .records import Record
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +36,10 @@ class LockTimeout(RuntimeError):
     """The lock of a record could not be taken within ``ASYNC_DOWNLOADS_LOCK_TIMEOUT``."""
 
 
-def get_cache():
+T = TypeVar("T")
+
+
+def get_cache() -> PatientCache:
     return PatientCache(caches[settings.CACHE_NAME])
 
 
@@ -44,32 +53,32 @@ class PatientCache:
     done before its connection broke is recognised by the value it stored.
     """
 
-    def __init__(self, cache):
+    def __init__(self, cache: BaseCache) -> None:
         self.cache = cache
 
-    def get(self, *args, **kwargs):
-        return _patiently(lambda: self.cache.get(*args, **kwargs))
+    def get(self, key: str, default: Any = None) -> Any:
+        return _patiently(lambda: self.cache.get(key, default))
 
-    def get_many(self, *args, **kwargs):
-        return _patiently(lambda: self.cache.get_many(*args, **kwargs))
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        return _patiently(lambda: self.cache.get_many(keys))
 
-    def set(self, *args, **kwargs):
-        return _patiently(lambda: self.cache.set(*args, **kwargs))
+    def set(self, key: str, value: Any, timeout: float | None) -> None:
+        _patiently(lambda: self.cache.set(key, value, timeout))
 
-    def delete(self, *args, **kwargs):
-        return _patiently(lambda: self.cache.delete(*args, **kwargs))
+    def delete(self, key: str) -> bool:
+        return _patiently(lambda: self.cache.delete(key))
 
-    def add(self, key, value, *args, **kwargs):
+    def add(self, key: str, value: Any, timeout: float | None) -> bool:
         try:
-            return self.cache.add(key, value, *args, **kwargs)
+            return self.cache.add(key, value, timeout)
         except _outage_errors():
-            return _wait_out(lambda: self.cache.add(key, value, *args, **kwargs) or self.cache.get(key) == value)
+            return _wait_out(lambda: self.cache.add(key, value, timeout) or self.cache.get(key) == value)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.cache, name)
 
 
-def _outage_errors():
+def _outage_errors() -> tuple[type[BaseException], ...]:
     try:
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -79,14 +88,14 @@ def _outage_errors():
     return (ConnectionError, TimeoutError, RedisConnectionError, RedisTimeoutError)
 
 
-def _patiently(call):
+def _patiently(call: Callable[[], T]) -> T:
     try:
         return call()
     except _outage_errors():
         return _wait_out(call)
 
 
-def _wait_out(call):
+def _wait_out(call: Callable[[], T]) -> T:
     wait = settings.OUTAGE_WAIT
     logger.warning("The cache server is unreachable; waiting up to %s s for it.", wait, exc_info=True)
     deadline = time.monotonic() + wait
@@ -102,7 +111,7 @@ def _wait_out(call):
 
 
 @contextmanager
-def locked(key):
+def locked(key: str) -> Iterator[PatientCache]:
     cache = get_cache()
     lock_key = f"{key}:lock"
     token = uuid.uuid4().hex
@@ -123,25 +132,37 @@ def locked(key):
             cache.delete(lock_key)
 
 
-def seconds_left(expires):
+def seconds_left(expires: float) -> int:
     """Cache timeout for something that must live until the epoch time ``expires``."""
     return max(1, math.ceil(expires - time.time()))
 
 
-def read(key):
+def collection_key(user_id: Any) -> str:
+    """The cache key of the list of a user's download keys."""
+    return str(settings.COLLECTION_KEY_FORMAT).format(user_id)
+
+
+def read(key: str) -> Record | None:
     return get_cache().get(key)
 
 
-def read_many(keys):
+def read_many(keys: list[str]) -> list[Record]:
     found = get_cache().get_many(keys)
     return [found[key] for key in keys if key in found]
 
 
-def write(cache, record):
+def read_downloads(user_id: Any) -> list[Record]:
+    """The records of a user's downloads, newest first; a plain read that changes nothing."""
+    keys = get_cache().get(collection_key(user_id)) or []
+    found = [record for record in read_many(keys) if record.get("user_id") == user_id]
+    return sorted(found, key=lambda record: record["created"], reverse=True)
+
+
+def write(cache: PatientCache, record: Record) -> None:
     cache.set(record["key"], record, seconds_left(record["expires"]))
 
 
-def create(record, collection_key):
+def create(record: Record, collection_key: str) -> None:
     """Store a new record and put its key first in its collection."""
     with locked(collection_key) as cache:
         write(cache, record)
@@ -150,7 +171,9 @@ def create(record, collection_key):
         _write_collection(cache, collection_key, keys, record["expires"])
 
 
-def update(key, change, then=None):
+def update(
+    key: str, change: Callable[[Record], object], then: Callable[[Record], None] | None = None
+) -> Record | None:
     """Apply ``change(record)`` under the record's lock and store the result.
 
     ``change`` returns False to leave the record as it was. A missing record
@@ -168,7 +191,32 @@ def update(key, change, then=None):
         return record
 
 
-def delete(key, collection_key):
+def transition(
+    key: str,
+    state: str,
+    *,
+    when: Callable[[Record], bool] | None = None,
+    then: Callable[[Record], None] | None = None,
+    errors: str = "",
+    **fields: Any,
+) -> Record | None:
+    """Move the record of ``key`` into ``state`` under its lock, if ``when(record)`` (if
+    given) agrees and ``records.TRANSITIONS`` allows that move from its current state.
+
+    ``fields`` are changed along with the state; ``then`` runs as for ``update``.
+    Returns the stored record, or None if nothing moved.
+    """
+
+    def change(record: Record) -> bool:
+        if (when is not None and not when(record)) or not records.can_move(record, state):
+            return False
+        records.move(record, state, errors=errors, **fields)
+        return True
+
+    return update(key, change, then=then)
+
+
+def delete(key: str, collection_key: str) -> Record | None:
     """Remove a record and its key from its collection; return the removed record."""
     with locked(key) as cache:
         record = cache.get(key)
@@ -177,7 +225,7 @@ def delete(key, collection_key):
     return record
 
 
-def extend_collection(collection_key, expires):
+def extend_collection(collection_key: str, expires: float) -> None:
     """Make sure the collection lives at least until ``expires``."""
     with locked(collection_key) as cache:
         keys = cache.get(collection_key)
@@ -185,7 +233,7 @@ def extend_collection(collection_key, expires):
             _write_collection(cache, collection_key, keys, expires)
 
 
-def remove_from_collection(collection_key, gone):
+def remove_from_collection(collection_key: str, gone: set[str]) -> list[str]:
     with locked(collection_key) as cache:
         keys = cache.get(collection_key) or []
         kept = [key for key in keys if key not in gone]
@@ -195,7 +243,7 @@ def remove_from_collection(collection_key, gone):
         return kept
 
 
-def _write_collection(cache, collection_key, keys, expires):
+def _write_collection(cache: PatientCache, collection_key: str, keys: list[str], expires: float | None) -> None:
     """Store ``keys`` so that the collection outlives every record in it."""
     records = cache.get_many(keys)
     latest = max([r.get("expires") or 0 for r in records.values()] + [expires or 0])

@@ -1,12 +1,12 @@
 from django.urls import path
 
-from . import sse, views
+from . import stream, views
 
 app_name = "async_downloads"
 
 urlpatterns = [
     path("", views.centre, name="centre"),
-    path("events/", sse.events, name="events"),
+    path("events/", stream.events, name="events"),
     path("clear/<str:download_key>/", views.clear, name="clear"),
     path("cancel/<str:download_key>/", views.cancel, name="cancel"),
     path("retry/<str:download_key>/", views.retry, name="retry"),

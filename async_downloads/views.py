@@ -102,11 +102,13 @@ def _sendfile_response(storage, record):
 def centre(request):
     """The centre's connection element, list and indicator, for htmx polls.
 
+    Stalled downloads of the user are failed first (``cache.fail_stalled``).
     ``?idle=<version>`` comes from an idle centre: 204 (nothing to do) while
     nothing runs and the list is still the one that page shows. Otherwise (the
     polling transport) the centre is returned, with status 286 to end the
     polling once nothing is in progress.
     """
+    cache.fail_stalled(request.user)
     downloads = cache.get_downloads(request.user)
     busy = any(d["state"] not in cache.FINISHED for d in downloads)
     idle_version = request.GET.get("idle")
@@ -155,6 +157,7 @@ def retry(request, download_key):
 @signed_in
 @require_GET
 def ajax_update(request):
+    cache.fail_stalled(request.user)
     downloads = cache.get_downloads(request.user)
     html = render_to_string(settings.DOWNLOAD_TEMPLATE, {"downloads": downloads}, request=request)
     return JsonResponse(

@@ -1,37 +1,24 @@
-"""WebSocket mode through Django Channels: one channel-layer group per user.
+"""The WS transport through Django Channels: one channel-layer group per user.
 
-The group is derived from the user's primary key, the
-``ASYNC_DOWNLOADS_WS_CHANNEL_NAME`` prefix and a digest keyed with the site's
-``SECRET_KEY`` (as the SSE channels are), so it is a valid group name for any
-username and sites sharing one Redis never join each other's groups.
-Channels is imported only when something is sent: this module imports
-without it (system check ``async_downloads.E003`` says what to install).
+Channels is imported only when something is sent: this module imports without
+it (system check ``async_downloads.E003`` says what to install).
 """
 
-import re
+from __future__ import annotations
 
-from django.utils.crypto import salted_hmac
+from typing import Any, Final
 
-from .conf import settings
+from asgiref.sync import async_to_sync
+
+from .channels import group_for
+
+__all__ = ["MESSAGE_TYPE", "channel_layer", "group_for", "send"]
 
 #: The ``type`` of the group messages, handled by ``DownloadsConsumer.downloads_message``.
-MESSAGE_TYPE = "downloads.message"
-# channels accepts group names of ASCII alphanumerics, "-", "_" and ".", shorter than 100.
-GROUP_NAME_MAX = 99
-DIGEST_LENGTH = 20
+MESSAGE_TYPE: Final = "downloads.message"
 
 
-def group_prefix():
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(settings.WS_CHANNEL_NAME)) + "."
-
-
-def group_for(pk):
-    digest = salted_hmac("async_downloads.ws-group", str(pk), algorithm="sha256").hexdigest()[:DIGEST_LENGTH]
-    readable = f"{group_prefix()}{re.sub(r'[^A-Za-z0-9_-]', '_', str(pk))}"
-    return f"{readable[: GROUP_NAME_MAX - DIGEST_LENGTH - 1]}.{digest}"
-
-
-def channel_layer():
+def channel_layer() -> Any:
     try:
         from channels.layers import get_channel_layer
     except ImportError as error:
@@ -44,8 +31,6 @@ def channel_layer():
     return layer
 
 
-def send(pk, html):
+def send(pk: Any, html: str) -> None:
     """Push ``html`` to every open socket of user ``pk``, in any process."""
-    from asgiref.sync import async_to_sync
-
     async_to_sync(channel_layer().group_send)(group_for(pk), {"type": MESSAGE_TYPE, "html": html})

@@ -17,12 +17,15 @@ from urllib.parse import urlparse
 try:
     from channels.db import database_sync_to_async
     from channels.generic.websocket import AsyncWebsocketConsumer
+    from channels.security.websocket import AllowedHostsOriginValidator
 except ImportError as error:  # pragma: no cover - exercised in a subprocess without channels
     raise ImportError(
         "async_downloads.ws_consumers needs Django Channels: pip install 'django-async-downloads[ws]'"
     ) from error
 
-from . import cache, partials, ws
+from . import cache, compat, partials
+from .channels import group_for
+from .watch import watching
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +47,12 @@ class DownloadsConsumer(AsyncWebsocketConsumer):
         if not self._allowed():
             await self.close()
             return
-        self.group = ws.group_for(self.user.pk)
+        self.group = group_for(self.user.pk)
         await self.channel_layer.group_add(self.group, self.channel_name)
         self._rejoin = asyncio.create_task(self._rejoin_periodically())
         await self.accept()
+        watching.add(self.user.pk)
+        await _run_sync(cache.fail_stalled, self.user.pk)
         await self.send(text_data=await _run_sync(partials.render_message, self.user.pk))
 
     def _allowed(self):
@@ -68,6 +73,7 @@ class DownloadsConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code):
         if self.group is not None:
+            watching.discard(self.user.pk)
             self._rejoin.cancel()
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -97,19 +103,9 @@ async def _run_sync(function, *args, **kwargs):
         try:
             return function(*args, **kwargs)
         finally:
-            _close_cache_connections()
+            compat.close_cache_connections()
 
     return await asyncio.create_task(database_sync_to_async(call)(), context=contextvars.Context())
-
-
-def _close_cache_connections():
-    from django.core.cache import caches
-
-    for backend in caches.all(initialized_only=True):
-        backend.close()
-        client = getattr(backend, "_cache", None)  # django.core.cache.backends.redis.RedisCache
-        for pool in getattr(client, "_pools", {}).values():
-            pool.disconnect()
 
 
 def _parse(text_data):
@@ -124,8 +120,6 @@ def _parse(text_data):
 
 def _origin_allowed(scope):
     """A browser always sends ``Origin``: a page of another site may not use the user's session."""
-    from channels.security.websocket import AllowedHostsOriginValidator
-
     origin = dict(scope.get("headers", [])).get(b"origin")
     if origin is None:
         return True  # not a browser

@@ -116,36 +116,22 @@ def test_a_message_rendered_earlier_is_never_sent_after_a_later_one(sent, alice,
     assert f"/async_downloads/download/{key}/" in last, "the list A read before the file was saved went out last"
 
 
-def test_a_list_that_finds_a_stalled_download_publishes_both_without_waiting(sent, alice, monkeypatch, caplog):
-    """Rendering a list can turn a stalled download into an error, which publishes too, in the
-    same thread: that publish must not wait for the user's lock its own thread holds."""
-    from contextlib import contextmanager
-
-    from async_downloads import store
-
-    waiting_or_holding, most = [0], [0]
-    locked = store.locked
-
-    @contextmanager
-    def counted(key):
-        publish_lock = key.endswith(":publish")
-        waiting_or_holding[0] += publish_lock
-        most[0] = max(most[0], waiting_or_holding[0])
-        try:
-            with locked(key) as cache_:
-                yield cache_
-        finally:
-            waiting_or_holding[0] -= publish_lock
+def test_rendering_a_list_with_a_stalled_download_publishes_nothing(sent, alice):
+    """Reads have no side effects: a stalled download is shown as it is stored until
+    ``fail_stalled`` turns it into an error, which is then published once."""
+    from async_downloads import partials, store
 
     _, stalled = cache.init_download(alice, "old.csv")
     _, other = cache.init_download(alice, "other.csv")
     cache.set_percentage(stalled, 40)
     store.get_cache().set(stalled, {**store.read(stalled), "updated": time.time() - 3600}, 60)
     sent.clear()
-    monkeypatch.setattr(store, "locked", counted)
-    with caplog.at_level(logging.WARNING, logger="async_downloads"):
-        cache.set_error(other, "No.")
-    assert most[0] == 1, "the nested publish waited for the lock its own thread held"
-    assert "will resend" not in caplog.text
-    assert len(sent) == 2
-    assert all("stopped responding" in html for _, html in sent)
+    html = partials.render_message(alice.pk, cache.get_download(other), events.CREATED)
+    assert "stopped responding" not in html
+    assert cache.get_download(stalled)["state"] == "running"
+    assert [d["state"] for d in cache.get_downloads(alice)] == ["pending", "running"]
+    assert sent == []
+
+    assert cache.fail_stalled(alice) == [stalled]
+    assert cache.fail_stalled(alice) == []
+    assert len(sent) == 1 and "stopped responding" in sent[0][1]

@@ -7,7 +7,7 @@ import re
 import httpx
 import pytest
 
-from async_downloads import cache, partials, sse
+from async_downloads import cache, channels, compat, partials, sse
 from tests.sse_client import StreamReader, session_cookies
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -148,7 +148,7 @@ def test_events_that_arrive_while_a_stream_catches_up_do_not_resend_what_it_caug
     from django_eventstream.eventrequest import EventRequest
     from django_eventstream.views import Listener, stream
 
-    start = sse.current_event_id(alice.pk)
+    start = channels.current_event_id(alice.pk)
     for n in range(3):
         sse.send(alice.pk, f"<p>caught up {n}</p>")
     listener = Listener()
@@ -167,7 +167,7 @@ def test_events_that_arrive_while_a_stream_catches_up_do_not_resend_what_it_caug
     monkeypatch.setattr(sse.EventStorage, "get_events", read_while_an_event_arrives)
     request = RequestFactory().get("/async_downloads/events/", {"lastEventId": start})
     request.user = alice
-    sse._resume_after_what_was_read()
+    compat.resume_after_read()
     event_request = EventRequest(request, view_kwargs={"async_downloads": True})
     listener.channels = event_request.channels
 

@@ -6,7 +6,8 @@ from django.utils.timesince import timesince
 from django.utils.translation import gettext
 from django_htmx.jinja import htmx_script
 
-from async_downloads import cache, partials
+from async_downloads import partials, records
+from async_downloads.conf import transport
 
 register = template.Library()
 
@@ -18,7 +19,7 @@ def async_downloads_head(context):
     """The stylesheet, htmx 2 and the extension the transport needs, all from static files."""
     css = format_html('<link rel="stylesheet" href="{}">', static("async_downloads/async_downloads.css"))
     scripts = htmx_script(
-        version=2, extensions=EXTENSIONS[partials.transport()], nonce=context.get("csp_nonce")
+        version=2, extensions=EXTENSIONS[transport()], nonce=context.get("csp_nonce")
     )
     return css + scripts
 
@@ -54,4 +55,4 @@ def download_age(moment):
 @register.filter
 def retryable(download):
     """Whether the download's row offers Retry: it failed or was cancelled, and a helper started its task."""
-    return cache.is_retryable(download)
+    return records.is_retryable(download)
