@@ -52,6 +52,12 @@ test-django6 *args: system-deps
     "$UV_PROJECT_ENVIRONMENT/bin/python" -c "import django; print('Django', django.get_version())"
     "$UV_PROJECT_ENVIRONMENT/bin/python" -m pytest "$@"
 
+# Import contracts, strict type check of the app, and lint (the suite runs them too: tests/test_lint.py).
+lint: setup
+    lint-imports
+    mypy
+    ruff check .
+
 # The suite with branch coverage.
 coverage *args: setup system-deps
     python -m coverage erase

@@ -165,6 +165,32 @@ class TestConnect:
         assert "async-downloads__indicator--busy" not in html
 
 
+    def test_connecting_fails_stalled_downloads_and_the_open_socket_is_swept(self, alice, alice_cookie, settings):
+        from async_downloads import store, watch
+
+        settings.ASYNC_DOWNLOADS_STALL_TIMEOUT = 0.4
+        _, stalled = cache.init_download(alice, "stalled.csv")
+        cache.set_percentage(stalled, 30)
+        store.get_cache().set(stalled, {**store.read(stalled), "updated": time.time() - 3600}, 60)
+        _, later = cache.init_download(alice, "later.csv")
+
+        async def body():
+            communicator = socket(alice_cookie)
+            html = await connected(communicator)
+            assert alice.pk in watch.watching.users()
+            # Running from now on, and silent: the sweep of open sockets finds it.
+            await sync_to_async(cache.set_percentage)(later, 10)
+            pushed = await communicator.receive_from(timeout=TIMEOUT)
+            while "later.csv failed." not in pushed:
+                pushed = await communicator.receive_from(timeout=TIMEOUT)
+            await communicator.disconnect()
+            return html, pushed
+
+        html, pushed = run(body)
+        assert "The export stopped responding." in row(html, stalled)
+        assert "The export stopped responding." in row(pushed, later)
+        assert alice.pk not in watch.watching.users()
+
     def test_without_a_channel_layer_the_socket_is_refused(self, settings, alice_cookie):
         settings.CHANNEL_LAYERS = {}
 
