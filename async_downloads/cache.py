@@ -31,10 +31,10 @@ from .records import (
     STALLED,
     TASK_FAILED,
     DownloadCancelled,
-    Record,
     is_download_key,
     is_retryable,
 )
+from .records import Record as Record  # re-exported: the type of what the API returns
 from .users import user_pk
 
 logger = logging.getLogger(__name__)

@@ -1,9 +1,14 @@
 """System checks for configuration mistakes that would otherwise show up only at run time."""
 
-import importlib.util
+from __future__ import annotations
 
+import importlib.util
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
 from django.conf import settings as django_settings
-from django.core.checks import Error, Warning, register
+from django.core.checks import CheckMessage, Error, Warning, register
 from django.utils.module_loading import import_string
 
 from . import compat
@@ -17,7 +22,7 @@ PER_PROCESS_CACHES = {
 
 
 @register()
-def check_cache(app_configs=None, **kwargs):
+def check_cache(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
     alias = settings.CACHE_NAME
     caches = getattr(django_settings, "CACHES", {})
     if alias not in caches:
@@ -42,7 +47,7 @@ def check_cache(app_configs=None, **kwargs):
 
 
 @register()
-def check_collection_key_format(app_configs=None, **kwargs):
+def check_collection_key_format(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
     if _formats_one_pk(settings.COLLECTION_KEY_FORMAT):
         return []
     return [
@@ -55,7 +60,7 @@ def check_collection_key_format(app_configs=None, **kwargs):
     ]
 
 
-def _formats_one_pk(key_format):
+def _formats_one_pk(key_format: object) -> bool:
     """``key_format.format(pk)`` works and gives each user a key of their own."""
     try:
         return str(key_format).format(1) != str(key_format).format(2)
@@ -64,7 +69,7 @@ def _formats_one_pk(key_format):
 
 
 @register()
-def check_ws_mode(app_configs=None, **kwargs):
+def check_ws_mode(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
     if not settings.WS_MODE or importlib.util.find_spec("channels") is not None:
         return []
     return [
@@ -80,7 +85,7 @@ SENDFILE_MODES = ("x-accel-redirect", "x-sendfile")
 
 
 @register()
-def check_sendfile(app_configs=None, **kwargs):
+def check_sendfile(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
     mode = settings.SENDFILE
     if not mode or str(mode).lower() in SENDFILE_MODES:
         return []
@@ -94,7 +99,7 @@ def check_sendfile(app_configs=None, **kwargs):
 
 
 @register()
-def check_event_bus(app_configs=None, **kwargs):
+def check_event_bus(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
     if settings.WS_MODE or str(settings.TRANSPORT).lower() != "sse":
         return []
     if hasattr(django_settings, "EVENTSTREAM_REDIS") or hasattr(django_settings, "GRIP_URL"):
@@ -110,7 +115,7 @@ def check_event_bus(app_configs=None, **kwargs):
 
 
 @register()
-def check_channel_manager(app_configs=None, **kwargs):
+def check_channel_manager(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
     if settings.WS_MODE or str(settings.TRANSPORT).lower() != "sse":
         return []
     path = getattr(django_settings, "EVENTSTREAM_CHANNELMANAGER_CLASS", "")
@@ -131,7 +136,7 @@ def check_channel_manager(app_configs=None, **kwargs):
 
 
 @register()
-def check_transport(app_configs=None, **kwargs):
+def check_transport(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
     if str(settings.TRANSPORT).lower() in TRANSPORTS:
         return []
     return [
@@ -144,7 +149,7 @@ def check_transport(app_configs=None, **kwargs):
 
 
 @register()
-def check_compat(app_configs=None, **kwargs):
+def check_compat(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
     missing = compat.problems()
     if not missing:
         return []

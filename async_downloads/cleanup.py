@@ -1,7 +1,11 @@
 """Removal of the files of downloads whose records have expired."""
 
+from __future__ import annotations
+
 import logging
 import posixpath
+
+from django.core.files.storage import Storage
 
 from . import files, store
 from .records import is_download_key
@@ -9,7 +13,7 @@ from .records import is_download_key
 logger = logging.getLogger(__name__)
 
 
-def cleanup_expired_downloads():
+def cleanup_expired_downloads() -> list[str]:
     """Delete the folders of downloads that no longer have a record; return their keys.
 
     Folders whose name is not a download key are left alone.
@@ -28,7 +32,7 @@ def cleanup_expired_downloads():
     return removed
 
 
-def _remove(storage, folder):
+def _remove(storage: Storage, folder: str) -> bool:
     """Delete one expired download's folder; a failure is logged and does not stop the others."""
     try:
         files.delete_folder(storage, folder)

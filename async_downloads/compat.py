@@ -78,8 +78,8 @@ def resume_after_read() -> None:
                 request.channel_last_ids[channel] = response.channel_last_ids[channel]
         return response
 
-    get_events.resumes_after_read = True  # type: ignore[attr-defined]
-    get_events.__wrapped__ = read  # type: ignore[attr-defined]
+    # Attributes of the function: the mark that makes this idempotent, and the original.
+    get_events.__dict__.update(resumes_after_read=True, __wrapped__=read)
     eventstream.get_events = get_events
 
 
@@ -98,7 +98,7 @@ def unreadable_request(request: HttpRequest) -> str | None:
     return None
 
 
-class SharedClientRedisStorage(RedisStorage):
+class SharedClientRedisStorage(RedisStorage):  # type: ignore[misc]  # django-eventstream is untyped
     """django-eventstream's RedisStorage with one Redis client per process, and events with a TTL.
 
     Upstream behaviour: an instance is made per thread, each with a client (and
@@ -198,7 +198,8 @@ def release_request_thread() -> bool:
     try:
         context = SyncToAsync.thread_sensitive_context.get(None)
         executor = SyncToAsync.context_to_thread_executor.pop(context, None) if context else None
-        SyncToAsync.thread_sensitive_context.set(None)
+        # asgiref annotates the variable without None, yet reads it with .get(None): None is "no context".
+        SyncToAsync.thread_sensitive_context.set(None)  # type: ignore[arg-type]
     except (AttributeError, TypeError):
         return False
     if executor is not None:

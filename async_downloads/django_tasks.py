@@ -7,6 +7,11 @@ otherwise; Django's framework has no scheduler, so enqueue it periodically
 management command instead.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 from . import cleanup, jobs
 
 _frameworks = jobs.tasks_frameworks()
@@ -15,10 +20,11 @@ if not _frameworks:
         "async_downloads.django_tasks needs Django's Tasks framework: Django 6 or newer, "
         "or the django-tasks package on Django 5.2."
     )
-task = _frameworks[0].task
+#: ``django.tasks.task`` or ``django_tasks.task``: it makes a ``Task`` of whichever framework is installed.
+task: Callable[..., Any] = _frameworks[0].task
 
 
 @task
-def cleanup_expired_downloads():
+def cleanup_expired_downloads() -> list[str]:
     """Delete the files of downloads whose records have expired; returns their download keys."""
     return cleanup.cleanup_expired_downloads()

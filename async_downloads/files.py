@@ -1,14 +1,18 @@
 """File names, storage and writing of download files."""
 
+from __future__ import annotations
+
 import csv
 import io
 import os
 import posixpath
 import tempfile
 import unicodedata
+from collections.abc import Iterable
+from typing import IO, Any
 
 from django.core.files import File
-from django.core.files.storage import storages
+from django.core.files.storage import Storage, storages
 
 from .conf import settings
 
@@ -18,11 +22,11 @@ FALLBACK_FILENAME = "download"
 WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{n}" for p in ("COM", "LPT") for n in range(1, 10)}
 
 
-def get_storage():
+def get_storage() -> Storage:
     return storages[settings.STORAGE]
 
 
-def safe_filename(name):
+def safe_filename(name: object) -> str:
     """A file name that is safe to store and to send in a header.
 
     Path separators, control and formatting characters (NUL, newlines,
@@ -39,7 +43,7 @@ def safe_filename(name):
     return name or FALLBACK_FILENAME
 
 
-def _safe_char(char):
+def _safe_char(char: str) -> str:
     if char in "/\\":
         return "_"
     if unicodedata.category(char) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}:
@@ -49,7 +53,7 @@ def _safe_char(char):
     return char
 
 
-def _shorten(stem, ext):
+def _shorten(stem: str, ext: str) -> str:
     if len(ext.encode()) > 20:
         stem, ext = stem + ext, ""
     budget = MAX_FILENAME_BYTES - len(ext.encode())
@@ -57,16 +61,16 @@ def _shorten(stem, ext):
     return f"{stem}{ext}" if stem else ""
 
 
-def path_prefix():
+def path_prefix() -> str:
     """``ASYNC_DOWNLOADS_PATH_PREFIX`` as a relative folder ("" is the storage's root)."""
     return str(settings.PATH_PREFIX or "").strip("/")
 
 
-def download_path(download_key, filename):
+def download_path(download_key: str, filename: str) -> str:
     return posixpath.join(path_prefix(), download_key, filename)
 
 
-def write_rows(path, rows, encoding):
+def write_rows(path: str, rows: Iterable[Iterable[Any]], encoding: str) -> str:
     """Write ``rows`` as CSV to storage through a spooled temporary file."""
     with tempfile.SpooledTemporaryFile(max_size=settings.IN_MEMORY_MAX_SIZE_BYTES) as raw:
         text = io.TextIOWrapper(raw, encoding=encoding, newline="")
@@ -78,18 +82,18 @@ def write_rows(path, rows, encoding):
         return name
 
 
-def write_file(path, file):
+def write_file(path: str, file: IO[Any]) -> str:
     if _seekable(file):
         file.seek(0)
     return get_storage().save(path, File(file, name=path))
 
 
-def _seekable(file):
+def _seekable(file: object) -> bool:
     seekable = getattr(file, "seekable", None)
     return seekable() if seekable is not None else hasattr(file, "seek")
 
 
-def delete_download_files(path):
+def delete_download_files(path: str) -> None:
     """Delete a download's file and its folder; a missing one is not an error."""
     storage = get_storage()
     if path:
@@ -99,11 +103,11 @@ def delete_download_files(path):
             delete_folder(storage, folder)
 
 
-def _is_download_folder(folder):
+def _is_download_folder(folder: str) -> bool:
     return posixpath.dirname(folder) == path_prefix()
 
 
-def delete_folder(storage, folder):
+def delete_folder(storage: Storage, folder: str) -> None:
     """Delete ``folder`` and everything under it, as far as the storage can list it."""
     try:
         dirs, files = storage.listdir(folder)

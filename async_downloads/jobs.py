@@ -93,7 +93,7 @@ def describe(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskIn
         return None
     info: TaskInfo = {"name": name, "args": list(args), "kwargs": dict(kwargs)}
     if is_django_task(task):
-        info.update(framework=DJANGO, backend=task.backend, queue=task.queue_name, priority=task.priority)
+        info.update({"framework": DJANGO, "backend": task.backend, "queue": task.queue_name, "priority": task.priority})
     return info
 
 
@@ -114,10 +114,10 @@ def restart(info: TaskInfo, download_key: str) -> Any:
             raise TypeError(f"{info['name']} is no longer a task of Django's Tasks framework.")
         task = task.using(backend=info["backend"], queue_name=info["queue"], priority=info["priority"])
         return _run(download_key, info, lambda: task.enqueue(download_key, *args, **kwargs))
-    return _run(download_key, info, lambda: _send(info["name"], [download_key, *args], kwargs))
+    return _run(download_key, info, lambda: _send(info["name"], (download_key, *args), kwargs))
 
 
-def _send(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+def _send(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     task = current_app.tasks.get(name)
     if task is not None:  # keeps the task's own options (queue, routing)
         return task.apply_async(args, kwargs)
@@ -126,12 +126,12 @@ def _send(name: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
 
 def _run(download_key: str, info: TaskInfo | None, call: Callable[[], Any]) -> Any:
     if info:
-        store.update(download_key, lambda record: record.update(task=info))
+        store.update(download_key, lambda record: record.update({"task": info}))
     result = call()
     task_id = getattr(result, "id", None)
     if task_id:
         # An immediate backend has run the task already, and a finished record keeps its id.
-        store.update(download_key, lambda record: record.update(task_id=str(task_id)))
+        store.update(download_key, lambda record: record.update({"task_id": str(task_id)}))
     return result
 
 

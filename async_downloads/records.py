@@ -9,7 +9,7 @@ import re
 import time
 import uuid
 from datetime import datetime
-from typing import Any, Final, TypedDict
+from typing import Any, Final, TypedDict, cast
 
 from django.utils import timezone
 from django.utils.functional import Promise
@@ -143,8 +143,10 @@ def move(record: Record, state: str, errors: str = "", **fields: Any) -> None:
     """Put ``record`` into ``state`` (finished states show 100 %), with ``fields`` changed too."""
     if not can_move(record, state):
         raise ValueError(f"A {record['state']} download cannot become {state}.")
-    record.update(fields)  # type: ignore[typeddict-item]
-    record.update(state=state, complete=state in FINISHED, errors=errors)
+    record.update(cast(Record, fields))  # fields are keys of Record, by name
+    record["state"] = state
+    record["complete"] = state in FINISHED
+    record["errors"] = errors
     if state in FINISHED:
         record["percentage"] = 100
 

@@ -5,6 +5,12 @@ new download; ``init_generic_csv_download`` and ``queryset_to_csv`` cover the
 most common case, a CSV export of a queryset.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import Any, TypeVar
+
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -17,8 +23,16 @@ ITERATOR_CHUNK_SIZE = 2000
 PROGRESS_RESOLUTION = 10
 HEARTBEAT_ROWS = 1000
 
+_Row = TypeVar("_Row")
 
-def queryset_to_csv(download_key, header, queryset, row_function, encoding="utf-8"):
+
+def queryset_to_csv(
+    download_key: str,
+    header: Iterable[Any],
+    queryset: QuerySet[Any, _Row],
+    row_function: Callable[[_Row], Iterable[Any]],
+    encoding: str = "utf-8",
+) -> None:
     """Save ``queryset`` as CSV, one ``row_function(obj)`` per object, after ``header``.
 
     Rows are streamed from the database with ``.iterator()`` and written through
@@ -30,7 +44,7 @@ def queryset_to_csv(download_key, header, queryset, row_function, encoding="utf-
         )
     total = queryset.count()
 
-    def rows():
+    def rows() -> Iterator[Iterable[Any]]:
         yield header
         report_at = 0
         for index, obj in enumerate(queryset.iterator(chunk_size=ITERATOR_CHUNK_SIZE)):
@@ -43,7 +57,7 @@ def queryset_to_csv(download_key, header, queryset, row_function, encoding="utf-
     save_download(download_key, rows(), encoding=encoding)
 
 
-def _next_report(index, total):
+def _next_report(index: int, total: int) -> int:
     """The first row index after ``index`` at which the shown percentage moves a step.
 
     Only those rows call update_percentage, so the per-row cost of progress is
@@ -53,7 +67,14 @@ def _next_report(index, total):
     return -(-next_step * total // PROGRESS_RESOLUTION) - 1
 
 
-def start_download(user, filename, task, args=(), kwargs=None, name=None):
+def start_download(
+    user: Any,
+    filename: str,
+    task: Any,
+    args: Iterable[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    name: str | None = None,
+) -> tuple[str, str]:
     """Create a download for ``user`` and start ``task(download_key, *args, **kwargs)`` for it.
 
     ``task`` is a Celery task (started with ``delay``) or a task of Django's
@@ -73,7 +94,7 @@ def start_download(user, filename, task, args=(), kwargs=None, name=None):
     return collection_key, download_key
 
 
-def init_generic_csv_download(task, user, name, *task_args, **task_kwargs):
+def init_generic_csv_download(task: Any, user: Any, name: str, *task_args: Any, **task_kwargs: Any) -> tuple[str, str]:
     """Start ``task(download_key, *task_args, **task_kwargs)`` for a new CSV download.
 
     The file is named after ``name`` and the current time; the task is started
@@ -85,7 +106,7 @@ def init_generic_csv_download(task, user, name, *task_args, **task_kwargs):
     return start_download(user, filename, task, task_args, task_kwargs, name=f"{name} {now:%Y-%m-%d}")
 
 
-def _local_now():
+def _local_now() -> datetime:
     now = timezone.now()
     # With USE_TZ = False, now() is already local (and localtime() would raise).
     return timezone.localtime(now) if timezone.is_aware(now) else now

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from django.http import HttpRequest
 from django_eventstream import send_event
 from django_eventstream.channelmanager import DefaultChannelManager
 from django_eventstream.event import Event
@@ -29,17 +30,19 @@ def send(pk: Any, html: str) -> None:
     send_event(channel_for(pk), EVENT, " ".join(html.split()), json_encode=False)
 
 
-class ChannelManager(DefaultChannelManager):
+class ChannelManager(DefaultChannelManager):  # type: ignore[misc]  # django-eventstream is untyped
     """Download channels are readable by their own user only; other channels as by default."""
 
-    def get_channels_for_request(self, request: Any, view_kwargs: dict[str, Any]) -> set[str]:
+    def get_channels_for_request(self, request: HttpRequest, view_kwargs: dict[str, Any]) -> set[str]:
         if view_kwargs.get("async_downloads"):
             return {channel_for(request.user.pk)} if request.user.is_authenticated else set()
-        return super().get_channels_for_request(request, view_kwargs)
+        channels: set[str] = super().get_channels_for_request(request, view_kwargs)
+        return channels
 
     def can_read_channel(self, user: Any, channel: str) -> bool:
         if not channel.startswith(channel_prefix()):
-            return super().can_read_channel(user, channel)
+            readable: bool = super().can_read_channel(user, channel)
+            return readable
         return user is not None and user.is_authenticated and channel == channel_for(user.pk)
 
 

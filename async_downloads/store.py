@@ -143,7 +143,8 @@ def collection_key(user_id: Any) -> str:
 
 
 def read(key: str) -> Record | None:
-    return get_cache().get(key)
+    record: Record | None = get_cache().get(key)
+    return record
 
 
 def read_many(keys: list[str]) -> list[Record]:
@@ -153,7 +154,7 @@ def read_many(keys: list[str]) -> list[Record]:
 
 def read_downloads(user_id: Any) -> list[Record]:
     """The records of a user's downloads, newest first; a plain read that changes nothing."""
-    keys = get_cache().get(collection_key(user_id)) or []
+    keys: list[str] = get_cache().get(collection_key(user_id)) or []
     found = [record for record in read_many(keys) if record.get("user_id") == user_id]
     return sorted(found, key=lambda record: record["created"], reverse=True)
 
@@ -166,7 +167,7 @@ def create(record: Record, collection_key: str) -> None:
     """Store a new record and put its key first in its collection."""
     with locked(collection_key) as cache:
         write(cache, record)
-        keys = cache.get(collection_key) or []
+        keys: list[str] = cache.get(collection_key) or []
         keys = [record["key"], *keys]
         _write_collection(cache, collection_key, keys, record["expires"])
 
@@ -181,7 +182,7 @@ def update(
     still under the lock. Returns the stored record, or None.
     """
     with locked(key) as cache:
-        record = cache.get(key)
+        record: Record | None = cache.get(key)
         if record is None or change(record) is False:
             return None
         record["updated"] = time.time()
@@ -219,7 +220,7 @@ def transition(
 def delete(key: str, collection_key: str) -> Record | None:
     """Remove a record and its key from its collection; return the removed record."""
     with locked(key) as cache:
-        record = cache.get(key)
+        record: Record | None = cache.get(key)
         cache.delete(key)
     remove_from_collection(collection_key, {key})
     return record
@@ -228,14 +229,14 @@ def delete(key: str, collection_key: str) -> Record | None:
 def extend_collection(collection_key: str, expires: float) -> None:
     """Make sure the collection lives at least until ``expires``."""
     with locked(collection_key) as cache:
-        keys = cache.get(collection_key)
+        keys: list[str] | None = cache.get(collection_key)
         if keys:
             _write_collection(cache, collection_key, keys, expires)
 
 
 def remove_from_collection(collection_key: str, gone: set[str]) -> list[str]:
     with locked(collection_key) as cache:
-        keys = cache.get(collection_key) or []
+        keys: list[str] = cache.get(collection_key) or []
         kept = [key for key in keys if key not in gone]
         if len(kept) == len(keys):
             return keys

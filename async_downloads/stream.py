@@ -14,7 +14,13 @@ from typing import Any, Final
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.db import connections
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden, HttpResponseNotAllowed
+from django.http import (
+    HttpRequest,
+    HttpResponseBadRequest,
+    HttpResponseBase,
+    HttpResponseForbidden,
+    HttpResponseNotAllowed,
+)
 from django_eventstream.views import events as eventstream_events
 
 from . import cache, compat
@@ -25,7 +31,7 @@ logger = logging.getLogger(__name__)
 RETRY_DELAYS: Final = (0.2, 0.5, 1, 2, 3)
 
 
-async def events(request: HttpRequest) -> HttpResponse:
+async def events(request: HttpRequest) -> HttpResponseBase:
     """The user's event stream."""
     user = await request.auser()
     if not user.is_authenticated:
@@ -40,7 +46,8 @@ async def events(request: HttpRequest) -> HttpResponse:
     ensure_listener()
     compat.resume_after_read()
     try:
-        response = await sync_to_async(eventstream_events)(request, async_downloads=True)
+        # django-eventstream is untyped: its StreamingHttpResponse, or an HttpResponse for a bad request.
+        response: Any = await sync_to_async(eventstream_events)(request, async_downloads=True)
     except compat.InvalidEsMeta:
         return HttpResponseBadRequest("Invalid es-meta.")
     # The stream may stay open for hours: give back what the request holds.
@@ -48,7 +55,8 @@ async def events(request: HttpRequest) -> HttpResponse:
     if getattr(response, "is_async", False):
         compat.release_request_thread()
         response.streaming_content = while_open(user.pk, response.streaming_content)
-    return response
+    answer: HttpResponseBase = response
+    return answer
 
 
 _supervisors: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}

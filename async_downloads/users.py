@@ -1,11 +1,14 @@
 """Turn the ``user`` argument of the cache API into a primary key."""
 
+from __future__ import annotations
+
 import uuid
+from typing import Any
 
 from django.contrib.auth import get_user_model
 
 
-def user_pk(user):
+def user_pk(user: Any) -> Any:
     """Primary key of ``user``: a user object, a primary key, or a username.
 
     Integers (and UUIDs) are primary keys; strings are usernames, looked up by
@@ -26,7 +29,7 @@ def user_pk(user):
     )
 
 
-def _pk_for_username(username):
+def _pk_for_username(username: str) -> Any:
     model = get_user_model()
     try:
         return model._default_manager.get_by_natural_key(username).pk

@@ -1,5 +1,9 @@
+from __future__ import annotations
+
 import posixpath
+from collections.abc import Callable
 from functools import wraps
+from typing import TYPE_CHECKING, Any, Concatenate, Final, ParamSpec, TypeVar
 from urllib.parse import quote
 
 from django.contrib.auth.decorators import login_required
@@ -8,7 +12,9 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.http import (
     FileResponse,
     Http404,
+    HttpRequest,
     HttpResponse,
+    HttpResponseBase,
     HttpResponseForbidden,
     HttpResponseRedirect,
     JsonResponse,
@@ -22,10 +28,24 @@ from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 from . import cache, files, partials
 from .conf import settings
 
+if TYPE_CHECKING:
+    from django_htmx.middleware import HtmxDetails
+
+    class HtmxHttpRequest(HttpRequest):
+        """A request that django-htmx's middleware has seen."""
+
+        htmx: HtmxDetails
+
+
 SENDFILE_HEADERS = {"x-accel-redirect": "X-Accel-Redirect", "x-sendfile": "X-Sendfile"}
 
+_Request = TypeVar("_Request", bound=HttpRequest)
+_P = ParamSpec("_P")
 
-def signed_in(view):
+
+def signed_in(
+    view: Callable[Concatenate[_Request, _P], HttpResponseBase],
+) -> Callable[Concatenate[_Request, _P], HttpResponseBase]:
     """``login_required``, except that htmx and script calls of a signed-out user get a 403.
 
     Redirected, they would get the login page: htmx would swap it into the centre
@@ -34,7 +54,7 @@ def signed_in(view):
     redirecting = login_required(view)
 
     @wraps(view)
-    def wrapper(request, *args, **kwargs):
+    def wrapper(request: _Request, /, *args: _P.args, **kwargs: _P.kwargs) -> HttpResponseBase:
         if not request.user.is_authenticated and _from_script(request):
             return HttpResponseForbidden("Sign in again to see your downloads.")
         return redirecting(request, *args, **kwargs)
@@ -42,14 +62,14 @@ def signed_in(view):
     return wrapper
 
 
-def _from_script(request):
+def _from_script(request: HttpRequest) -> bool:
     htmx = getattr(request, "htmx", None)
     if htmx:
         return not htmx.boosted  # a boosted link or form is a page load
     return request.headers.get("x-requested-with") == "XMLHttpRequest"
 
 
-def _owned_download(request, download_key):
+def _owned_download(request: HttpRequest, download_key: str) -> cache.Record:
     record = cache.get_user_download(request.user, download_key)
     if record is None:
         raise Http404("No such download.")
@@ -59,7 +79,7 @@ def _owned_download(request, download_key):
 @never_cache
 @signed_in
 @require_safe
-def download(request, download_key):
+def download(request: HttpRequest, download_key: str) -> HttpResponseBase:
     """Send the finished file of one of the user's own downloads."""
     record = _owned_download(request, download_key)
     if record["state"] != cache.COMPLETE:
@@ -76,14 +96,14 @@ def download(request, download_key):
     return FileResponse(handle, as_attachment=True, filename=record["filename"])
 
 
-def _redirects_to_storage(storage):
+def _redirects_to_storage(storage: Storage) -> bool:
     if settings.REDIRECT_TO_STORAGE_URL is not None:
-        return settings.REDIRECT_TO_STORAGE_URL
+        return bool(settings.REDIRECT_TO_STORAGE_URL)
     # Storage.path() is only implemented by storages with local files.
     return type(storage).path is Storage.path
 
 
-def _sendfile_response(storage, record):
+def _sendfile_response(storage: Storage, record: cache.Record) -> HttpResponse:
     """Let the front server send the file; the path is percent-encoded for the header."""
     mode = str(settings.SENDFILE).lower()
     if mode == "x-accel-redirect":
@@ -99,7 +119,7 @@ def _sendfile_response(storage, record):
 @never_cache
 @signed_in
 @require_GET
-def centre(request):
+def centre(request: HtmxHttpRequest) -> HttpResponse:
     """The centre's connection element, list and indicator, for htmx polls.
 
     Stalled downloads of the user are failed first (``cache.fail_stalled``).
@@ -122,7 +142,7 @@ def centre(request):
 
 @signed_in
 @require_POST
-def clear(request, download_key):
+def clear(request: HttpRequest, download_key: str) -> HttpResponse:
     """Clear one of the user's own downloads (record and file)."""
     if not cache.clear_download(download_key, user=request.user):
         raise Http404("No such download.")
@@ -131,7 +151,7 @@ def clear(request, download_key):
 
 @signed_in
 @require_POST
-def cancel(request, download_key):
+def cancel(request: HttpRequest, download_key: str) -> HttpResponse:
     """Cancel one of the user's own pending or running downloads; answer with its row."""
     if not cache.cancel_download(download_key, user=request.user):
         raise Http404("No such download in progress.")
@@ -140,7 +160,7 @@ def cancel(request, download_key):
 
 @signed_in
 @require_POST
-def retry(request, download_key):
+def retry(request: HttpRequest, download_key: str) -> HttpResponse:
     """Start a failed or cancelled download of the user's again; answer with the new row."""
     new_key = cache.retry_download(download_key, user=request.user)
     if new_key is None:
@@ -156,7 +176,7 @@ def retry(request, download_key):
 @never_cache
 @signed_in
 @require_GET
-def ajax_update(request):
+def ajax_update(request: HttpRequest) -> JsonResponse:
     cache.fail_stalled(request.user)
     downloads = cache.get_downloads(request.user)
     html = render_to_string(settings.DOWNLOAD_TEMPLATE, {"downloads": downloads}, request=request)
@@ -170,10 +190,10 @@ def ajax_update(request):
     )
 
 
-LEGACY_FIELDS = ("timestamp", "filepath", "name", "complete", "errors", "percentage", "css_class", "url")
+LEGACY_FIELDS: Final = ("timestamp", "filepath", "name", "complete", "errors", "percentage", "css_class", "url")
 
 
-def _legacy_fields(record):
+def _legacy_fields(record: cache.Record) -> dict[str, Any]:
     fields = {name: record[name] for name in LEGACY_FIELDS}
     fields["download_key"] = record["key"]
     return fields
@@ -181,7 +201,7 @@ def _legacy_fields(record):
 
 @signed_in
 @require_POST
-def ajax_clear_download(request):
+def ajax_clear_download(request: HttpRequest) -> HttpResponse:
     """Clear by ``download_key``, or by the ``filepath`` that earlier releases sent.
 
     Only the download key is taken from a path, and only the user's own
@@ -193,6 +213,6 @@ def ajax_clear_download(request):
     return HttpResponse("")
 
 
-def _key_from_path(path):
+def _key_from_path(path: str) -> str:
     parts = [part for part in path.replace("\\", "/").split("/") if part]
     return parts[-2] if len(parts) >= 2 else ""

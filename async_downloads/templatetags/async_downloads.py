@@ -1,7 +1,14 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
 from django import template
+from django.template import Context
 from django.templatetags.static import static
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 from django.utils.translation import gettext
 from django_htmx.jinja import htmx_script
@@ -15,7 +22,7 @@ EXTENSIONS = {"sse": ["hx-sse"], "ws": ["hx-ws"], "poll": []}
 
 
 @register.simple_tag(takes_context=True)
-def async_downloads_head(context):
+def async_downloads_head(context: Context) -> SafeString:
     """The stylesheet, htmx 2 and the extension the transport needs, all from static files."""
     css = format_html('<link rel="stylesheet" href="{}">', static("async_downloads/async_downloads.css"))
     scripts = htmx_script(
@@ -25,7 +32,7 @@ def async_downloads_head(context):
 
 
 @register.simple_tag(takes_context=True)
-def download_centre_context(context):
+def download_centre_context(context: Context) -> dict[str, Any] | str:
     """The context of the download centre for the signed-in user, or '' for anyone else."""
     user = _user(context)
     if user is None or not user.is_authenticated:
@@ -34,18 +41,18 @@ def download_centre_context(context):
 
 
 @register.inclusion_tag("async_downloads/download_centre.html", takes_context=True)
-def download_centre(context):
+def download_centre(context: Context) -> dict[str, Any]:
     """The download centre: a button with an in-progress indicator and the panel of downloads."""
     return {"centre": download_centre_context(context), "csp_nonce": context.get("csp_nonce")}
 
 
-def _user(context):
+def _user(context: Context) -> Any:
     request = context.get("request")
     return getattr(request, "user", None) or context.get("user")
 
 
 @register.filter
-def download_age(moment):
+def download_age(moment: datetime) -> str:
     """"just now" for the first minute, then "5 minutes ago" and so on."""
     if (timezone.now() - moment).total_seconds() < 60:
         return gettext("just now")
@@ -53,6 +60,6 @@ def download_age(moment):
 
 
 @register.filter
-def retryable(download):
+def retryable(download: records.Record) -> bool:
     """Whether the download's row offers Retry: it failed or was cancelled, and a helper started its task."""
     return records.is_retryable(download)
