@@ -1,13 +1,12 @@
-"""What the benchmarks' settings modules share: a small site as in tests/settings.py.
+"""What every benchmark's processes share: a small site as in tests/settings.py, on the real Redis.
 
-Each benchmark has a Redis db and a name prefix of its own (bench/settings.py: db 12,
-``adbench``; bench/live_settings.py: db 10, ``adbench-live``; bench/ws_latency_settings.py:
-db 11, ``adbench-ws``; bench/load_settings.py: db 12, ``adbench-load``), imports this module
-with ``*`` and sets its Redis settings with ``redis_url``, ``redis_cache`` and
-``redis_server.connection_kwargs``; its event channels are named after the prefix as well (pub/sub
-ignores the db number).
-Nothing here ever flushes Redis. Do not import django_eventstream here: it reads the
-settings on import.
+bench/settings.py (the one settings module) imports this and adds the few differences of
+each scenario, chosen by ``ADBENCH_SCENARIO``: ``csv`` (default), ``live``, ``ws`` or ``load``.
+Redis is the one at ``REDIS_URL`` (``just bench`` sets it), db 12; each scenario keeps its cache
+keys, stored events, event channels and Celery queues under ``adbench-<scenario>`` (pub/sub
+ignores the db number), and bench/run.py removes keys matching ``adbench-*`` at the end; nothing
+here ever flushes Redis. SQLite and files live in ``ADBENCH_DIR`` (default bench/.data/<scenario>).
+Do not import django_eventstream here: it reads the settings on import.
 """
 
 import os
@@ -15,7 +14,12 @@ import os
 from devtools import redis_server
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-DATA_DIR = os.path.join(BENCH_DIR, ".data")
+SCENARIO = os.environ.get("ADBENCH_SCENARIO", "csv")
+PREFIX = f"adbench-{SCENARIO}"
+WORK_DIR = os.environ.get("ADBENCH_DIR") or os.path.join(BENCH_DIR, ".data", SCENARIO)
+os.makedirs(WORK_DIR, exist_ok=True)
+REDIS_DB = 12
+REDIS_URL = (os.environ.get("REDIS_URL") or redis_server.ensure()).rsplit("/", 1)[0] + f"/{REDIS_DB}"
 
 SECRET_KEY = "bench-only"
 DEBUG = False
@@ -32,6 +36,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "django_eventstream",
     "async_downloads",
+    "bench.benchapp",
 ]
 
 # The middleware of a typical site (as in tests/settings.py): every stream and poll pays for it.
@@ -44,41 +49,49 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
 ]
 
-TEMPLATES = [
-    {
-        "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
-        "APP_DIRS": True,
-        "OPTIONS": {
-            "context_processors": [
-                "django.template.context_processors.request",
-                "django.contrib.auth.context_processors.auth",
-            ]
-        },
-    }
-]
+TEMPLATES = [{
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "APP_DIRS": True,
+    "OPTIONS": {"context_processors": ["django.template.context_processors.request",
+                                       "django.contrib.auth.context_processors.auth"]},
+}]
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.path.join(WORK_DIR, "db.sqlite3")}}
+STORAGES = {"default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                        "OPTIONS": {"location": os.path.join(WORK_DIR, "media")}}}
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                      "KEY_PREFIX": PREFIX}}
 
 # Cross-process delivery as a real site has it: django-eventstream on Redis pub/sub, with
 # our storage (replay) and channel manager (a user reads only their own channel).
+EVENTSTREAM_REDIS = EVENTSTREAM_STORAGE_CONNECTION = redis_server.connection_kwargs(REDIS_URL)
 EVENTSTREAM_STORAGE_CLASS = "async_downloads.sse.EventStorage"
 EVENTSTREAM_CHANNELMANAGER_CLASS = "async_downloads.sse.ChannelManager"
+ASYNC_DOWNLOADS_WS_CHANNEL_NAME = PREFIX
+ASYNC_DOWNLOADS_EVENT_TTL = 120
 
+# Celery (the live probe's worker, the load scenario's workers): queues and keys under the prefix.
+CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": f"{PREFIX}:celery:"}
+CELERY_TASK_DEFAULT_QUEUE = PREFIX
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# WS mode's channel layer (the ws scenario), under the prefix as well.
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                              "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{PREFIX}-channels"}}}
+
+# The library's warnings (a failed publish changes what is measured) reach stderr, where the
+# bench collects them; Django's and django-eventstream's logs of closed connections do not.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"stderr": {"class": "logging.StreamHandler"}},
-    "loggers": {"async_downloads": {"handlers": ["stderr"], "level": "WARNING", "propagate": False}},
+    "handlers": {"null": {"class": "logging.NullHandler"}, "stderr": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "async_downloads": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+        "django": {"handlers": ["null"], "propagate": False},
+        "django_eventstream": {"handlers": ["null"], "propagate": False},
+    },
 }
-
-
-def redis_url(db):
-    """``REDIS_URL`` (``just bench`` sets it; else a Redis that answers) with db ``db``."""
-    url = os.environ.get("REDIS_URL") or redis_server.ensure()
-    return url.rsplit("/", 1)[0] + f"/{db}"
-
-
-def redis_cache(url, prefix):
-    """The default cache on ``url``, with keys under ``prefix``."""
-    return {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url, "KEY_PREFIX": prefix}}

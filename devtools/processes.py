@@ -1,5 +1,7 @@
 """Start and stop the real processes (web servers, workers) of the tests, benchmarks and demo."""
 
+import json
+import os
 import signal
 import socket
 import subprocess
@@ -8,7 +10,8 @@ import time
 
 from .redis_server import free_port
 
-__all__ = ["free_port", "start_uvicorn", "stop", "wait_for_port"]
+__all__ = ["JsonLines", "cpu_seconds", "free_port", "reply", "start_celery_worker", "start_uvicorn", "stop",
+           "wait_for_port"]
 
 
 def stop(process, timeout=10):
@@ -60,3 +63,67 @@ def start_uvicorn(app, env, port=None, factory=False, wait=True, graceful_timeou
             stop(process)
             raise
     return process, f"http://127.0.0.1:{port}"
+
+
+def start_celery_worker(app, env, *options, **popen):
+    """A Celery worker process (solo pool) of ``app``; ``options`` such as ``-Q queue`` or ``-n name``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "solo", "--loglevel", "WARNING",
+         "--without-gossip", "--without-mingle", "--without-heartbeat", *options],
+        env=env, **popen,
+    )
+
+
+def cpu_seconds(pid):
+    """CPU time (user + system, all threads) of a running process, in seconds; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+REPLY = "@json "
+
+
+def reply(message):
+    """In a process started by ``JsonLines``: answer with one JSON line."""
+    sys.stdout.write(REPLY + json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+class JsonLines:
+    """A child process spoken to in JSON lines: commands on its stdin, answers (``reply``) on its stdout.
+
+    Other output on its stdout (a library that prints) is passed over.
+    """
+
+    def __init__(self, args, env, **popen):
+        self.process = subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        **popen)
+        self.pid = self.process.pid
+
+    def send(self, message):
+        self.process.stdin.write(json.dumps(message) + "\n")
+        self.process.stdin.flush()
+
+    def read(self):
+        for line in self.process.stdout:
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY):])
+        raise RuntimeError(f"{self.process.args!r} ended with {self.process.wait()} before it answered.")
+
+    def call(self, message):
+        self.send(message)
+        return self.read()
+
+    def close(self, timeout=10):
+        """Close its stdin (the sign to finish), give it ``timeout`` seconds, then stop it."""
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.close()
+                self.process.wait(timeout)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        stop(self.process)

@@ -1,14 +1,14 @@
 """Issue 6 under load: 4 workers run 100 exports of 20 users while 500 SSE clients on 2 web processes watch.
 
-The scenario is bench/load.py's (the benchmark measures the same run); here only correctness
-is checked: every client ends with the final state of each of its user's downloads, no event
-is lost or received twice, and no client ever receives another user's row. The other tests
-show that each of those checks fails when it should.
+The scenario is devtools/load.py's (the benchmark reports its figures from the same run); here
+only correctness is checked: every client ends with the final state of each of its user's
+downloads, no event is lost or received twice, and no client ever receives another user's row.
+The other tests show that each of those checks fails when it should.
 """
 
 import pytest
 
-from bench import load
+from devtools import load
 from tests.processes import child_env
 
 

@@ -10,3 +10,6 @@ class Order(models.Model):
     amount = models.DecimalField(max_digits=12, decimal_places=2)
     created = models.DateTimeField()
     paid = models.BooleanField(default=False)
+
+    def __str__(self):
+        return self.reference

@@ -1,8 +1,8 @@
-"""The load scenario's Celery app and export task (bench/load.py), under any site's settings.
+"""The load scenario's Celery app and export task (devtools/load.py), under any site's settings.
 
-    celery -A bench.load_tasks worker -Q <queue()> --pool solo
+    celery -A devtools.load_tasks worker -Q <queue()> --pool solo
 
-The app reads ``CELERY_*`` from the Django settings (the tests' or bench/load_settings.py);
+The app reads ``CELERY_*`` from the Django settings (the tests' or the bench's);
 the export task goes to a queue of its own, ``queue()``, so that no other worker of the
 same site takes it. Every change of a download that this process publishes is noted
 with the time its publish step began (``download_changed_signal``, sent just before the
@@ -18,7 +18,7 @@ from celery.signals import worker_ready
 
 from async_downloads.events import download_changed_signal
 
-EXPORT = "bench.load_tasks.export"
+EXPORT = "devtools.load_tasks.export"
 
 app = Celery("async_downloads_load")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -46,7 +46,7 @@ def note(sender=None, record=None, kind=None, **extra):
                       record["user_id"], record["name"]])
 
 
-download_changed_signal.connect(note, dispatch_uid="bench.load_tasks.note")
+download_changed_signal.connect(note, dispatch_uid="devtools.load_tasks.note")
 
 
 def take_notes(key=None):

@@ -1,0 +1,60 @@
+"""Small helpers of the benchmarks' drivers (no Django here: the drivers never set it up)."""
+
+import os
+import sys
+import time
+
+from devtools.processes import cpu_seconds
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH_DIR)
+
+
+def log(message):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def child_env(scenario, **extra):
+    """The environment of a process of ``scenario`` (bench/settings.py's ``ADBENCH_SCENARIO``)."""
+    return {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings", "ADBENCH_SCENARIO": scenario,
+            "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+            "PYTHONUNBUFFERED": "1", **extra}
+
+
+def percentile(values, q):
+    """Nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(1, min(len(ordered), -(-q * len(ordered) // 100))) - 1]
+
+
+def summary(values, digits=2):
+    if not values:
+        return {"n": 0}
+    return {"n": len(values), **{f"p{q}": round(percentile(values, q), digits) for q in (50, 90, 99)},
+            "max": round(max(values), digits)}
+
+
+def md_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
+def how_measured(*points):
+    return "\n".join(["How it is measured:", *(f"- {p}" for p in points)])
+
+
+def snapshot(pids):
+    """The machine's busy CPU time and that of ``pids``, for ``others_cpus``."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    return {"wall": time.monotonic(), "busy": busy, "pids": {str(pid): cpu_seconds(pid) for pid in pids}}
+
+
+def others_cpus(before, after, extra_mine=0.0):
+    """CPUs used by programs other than ``pids`` (Redis included) between two snapshots."""
+    mine = extra_mine + sum(after["pids"][pid] - t for pid, t in before["pids"].items()
+                            if t is not None and after["pids"].get(pid) is not None)
+    return round(max(0.0, after["busy"] - before["busy"] - mine) / max(1e-9, after["wall"] - before["wall"]), 2)
