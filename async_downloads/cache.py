@@ -261,8 +261,9 @@ def save_download(download_key: str, iterable: Any = None, file: Any = None, enc
         return
     except Exception:
         logger.exception("Saving download %s (%r) failed.", download_key, record["name"])
-        _finish(download_key, ERROR, errors=str(SAVE_FAILED))
+        # The part written is gone before anyone is told of the error.
         _discard_files(record["filepath"])
+        _finish(download_key, ERROR, errors=str(SAVE_FAILED))
         return
     _complete(download_key, path)
 

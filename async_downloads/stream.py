@@ -51,12 +51,18 @@ async def events(request: HttpRequest) -> HttpResponseBase:
     except compat.InvalidEsMeta:
         return HttpResponseBadRequest("Invalid es-meta.")
     # The stream may stay open for hours: give back what the request holds.
-    await sync_to_async(connections.close_all)()
+    await sync_to_async(_close_connections)()
     if getattr(response, "is_async", False):
         compat.release_request_thread()
         response.streaming_content = while_open(user.pk, response.streaming_content)
     answer: HttpResponseBase = response
     return answer
+
+
+def _close_connections() -> None:
+    """Close the request's database connections and cache clients (``fail_stalled`` used one)."""
+    connections.close_all()
+    compat.close_cache_connections()
 
 
 _supervisors: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 MIN_INTERVAL: Final = 0.1
 MAX_INTERVAL: Final = 60.0
+# The sweep thread looks at the clock (and the setting) at least this often.
+TICK: Final = 1.0
 
 
 def sweep_interval() -> float:
@@ -55,13 +57,16 @@ class Watching:
             return list(self.pages)
 
     def run(self) -> None:
+        last = time.monotonic()
         while True:
-            time.sleep(sweep_interval())
+            time.sleep(min(TICK, sweep_interval()))
             with self.lock:
                 if not self.pages:
                     self.thread = None
                     return
-            self.sweep()
+            if time.monotonic() - last >= sweep_interval():
+                self.sweep()
+                last = time.monotonic()
 
     def sweep(self) -> None:
         for pk in self.users():

@@ -5,6 +5,8 @@
 port for the duration when none does.
 """
 
+from __future__ import annotations
+
 import atexit
 import os
 import shutil
@@ -13,32 +15,34 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 import redis
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 
-def answers(url, timeout=0.5):
+def answers(url: str, timeout: float = 0.5) -> bool:
     try:
-        return redis.Redis.from_url(url, socket_connect_timeout=timeout).ping()
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout).ping())
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
         return False
 
 
-def connection_kwargs(url):
+def connection_kwargs(url: str) -> dict[str, Any]:
     """``redis.Redis(**kwargs)`` arguments for ``url``, as django-eventstream's settings want them."""
-    kwargs = redis.connection.parse_url(url)
+    kwargs: dict[str, Any] = redis.connection.parse_url(url)  # type: ignore[no-untyped-call]  # untyped in redis
     return {key: kwargs[key] for key in ("host", "port", "db", "password", "username") if kwargs.get(key) is not None}
 
 
-def free_port():
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def start_private_server(port=None, wait=10.0):
+def start_private_server(port: int | None = None, wait: float = 10.0) -> tuple[str, subprocess.Popen[bytes]]:
     """Start ``redis-server`` on a free port; return ``(url, process)``."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -68,7 +72,7 @@ def start_private_server(port=None, wait=10.0):
     return url, process
 
 
-def ensure(env_var="REDIS_URL"):
+def ensure(env_var: str = "REDIS_URL") -> str:
     """URL of a Redis that answers; a private server is started (and stopped at exit) if needed.
 
     The URL is put into ``os.environ[env_var]`` so that child processes use the same server.
@@ -83,7 +87,7 @@ def ensure(env_var="REDIS_URL"):
     return url
 
 
-def _stop(process):
+def _stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
         process.wait(5)
@@ -91,7 +95,7 @@ def _stop(process):
         process.kill()
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
     """``python -m devtools.redis_server COMMAND...``: run COMMAND with REDIS_URL set."""
     if not argv:
         print(__doc__, file=sys.stderr)

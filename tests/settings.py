@@ -3,6 +3,7 @@
 import os
 import tempfile
 import uuid
+from typing import Any
 
 from devtools import redis_server
 
@@ -68,7 +69,7 @@ TEMPLATES = [
     }
 ]
 
-DATABASES = {
+DATABASES: dict[str, dict[str, Any]] = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.path.join(WORK_DIR, "db.sqlite3"),
