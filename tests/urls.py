@@ -9,6 +9,7 @@ urlpatterns = [
     path("other/", views.other, name="other"),
     path("export/", views.start_export, name="start_export"),
     path("export/htmx/", views.start_export_htmx, name="start_export_htmx"),
+    path("legacy/", views.legacy, name="legacy"),
     path("login/", auth_views.LoginView.as_view(template_name="testapp/login.html"), name="login"),
     path("async_downloads/", include("async_downloads.urls")),
     re_path(r"^static/(?P<path>.*)$", serve, {"insecure": True}),
