@@ -1,7 +1,7 @@
 """The sample site's real processes, started and stopped from Python.
 
-``site()`` runs ``sample_site/Procfile`` with honcho (uvicorn and a Celery worker with beat) on a
-free port, against a Redis you give it, with a media folder of its own; ``private_redis()`` gives
+``site()`` runs ``sample_site/run_demo.py`` (the supervisor of ``just demo``: uvicorn and a Celery
+worker with beat) on a free port, against a Redis you give it, with a media folder of its own; ``private_redis()`` gives
 it a ``redis-server`` of its own on a free port, so that a Redis with somebody's data (the
 machine's 6379, a ``just demo`` running alongside) is left alone. ``manage()`` runs
 ``sample_site/manage.py`` (migrate, seed_demo) with the same environment.
@@ -17,8 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +48,7 @@ def sample_env(redis_url, *, showcase="default", redis_db=None, database=None, m
     """
     env = {
         **os.environ,
-        # uvicorn, celery and honcho of this interpreter's environment first.
+        # uvicorn and celery of this interpreter's environment first.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(ROOT),
         "DJANGO_SETTINGS_MODULE": "sample_site.settings",
@@ -84,49 +82,48 @@ class Site:
     url: str
     media: Path
     log: Path
+    console: Path
 
     def output(self):
-        """What the site's processes have printed so far."""
-        return self.log.read_text(errors="replace")
+        """What the supervisor printed, then the output of its processes so far."""
+        return "\n".join(path.read_text(errors="replace") for path in (self.console, self.log) if path.exists())
 
 
 @contextlib.contextmanager
-def site(showcase, redis_url, *, redis_db=None, database=None, var_dir=None, timeout=60):
+def site(showcase, redis_url, *, redis_db=None, database=None, var_dir=None, timeout=120):
     """The demo's processes with ``SHOWCASE=showcase``, on a free port and a fresh media folder.
 
-    Yields a ``Site`` once its login page answers; everything is stopped when the block ends.
+    Yields a ``Site`` once the supervisor says it is ready (the site answers, the worker is
+    ready); everything is stopped when the block ends.
     """
     port = free_port()
     media = Path(tempfile.mkdtemp(prefix=f"async-downloads-demo-{showcase}-"))
     env = sample_env(redis_url, showcase=showcase, redis_db=redis_db, database=database,
                      media=media / "media", var_dir=var_dir)
-    Path(var_dir or ROOT / "sample_site" / "var").mkdir(parents=True, exist_ok=True)
-    log_path = media / "honcho.log"
-    log = open(log_path, "w+")  # noqa: SIM115 (closed below)
+    log_path, console_path = media / "demo.log", media / "console.log"
+    console = open(console_path, "w")  # noqa: SIM115 (closed below)
     process = subprocess.Popen(
-        [sys.executable, "-m", "honcho", "--procfile", "sample_site/Procfile", "start", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, str(ROOT / "sample_site" / "run_demo.py"), "--port", str(port), "--log", str(log_path)],
+        cwd=ROOT, env=env, stdout=console, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
+    site = Site(f"http://127.0.0.1:{port}", media / "media", log_path, console_path)
     try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_page(f"{url}/login/", process, log_path, timeout)
-        yield Site(url, media / "media", log_path)
+        wait_until_ready(site, process, timeout)
+        yield site
     finally:
-        stop(process, timeout=15)  # honcho stops uvicorn and the worker
-        log.close()
+        stop(process, timeout=30)  # the supervisor stops uvicorn and the worker
+        console.close()
         shutil.rmtree(media, ignore_errors=True)
 
 
-def wait_for_page(url, process, log_path, timeout=60):
+READY = "Press Ctrl-C to stop."
+
+
+def wait_until_ready(site, process, timeout=120):
+    """Return once the supervisor has printed its banner; raise if it exits first or takes too long."""
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
+    while READY not in site.console.read_text(errors="replace"):
         if process.poll() is not None or time.monotonic() > deadline:
-            output = Path(log_path).read_text(errors="replace")
-            raise RuntimeError(f"The sample site did not answer at {url}. Its output:\n{output}")
+            raise RuntimeError(f"The sample site did not get ready at {site.url} "
+                               f"(supervisor: {process.poll()}). Its output:\n{site.output()}")
         time.sleep(0.2)

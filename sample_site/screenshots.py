@@ -2,8 +2,8 @@
 """Screenshots of the download centre, for the default templates and each showcase set.
 
 ``just screenshots`` (or ``python sample_site/screenshots.py [SET...]`` from the repository
-root, after migrate and seed_demo) runs, for each set, the demo's real processes (honcho with
-``sample_site/Procfile``: uvicorn and a Celery worker, with ``SHOWCASE`` set) on a free port,
+root, after migrate and seed_demo) runs, for each set, the demo's real processes (``run_demo.py``:
+uvicorn and a Celery worker, with ``SHOWCASE`` set) on a free port,
 and drives headless Chromium through four states:
 
     idle        nothing running

@@ -122,7 +122,7 @@ CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
 CELERY_TASK_DEFAULT_QUEUE = "sample-site"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# The worker runs beat too (see the Procfile); this is where beat keeps its schedule.
+# The worker runs beat too (see run_demo.py); this is where beat keeps its schedule (and the demo its log).
 VAR_DIR = Path(os.environ.get("SAMPLE_SITE_VAR_DIR") or BASE_DIR / "var")
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

@@ -1,4 +1,6 @@
-"""The demo, for real: the sample site's processes driven by headless Chromium, and `just demo` from a fresh clone.
+"""The demo, for real: the sample site's processes driven by headless Chromium, its seeding, its
+supervisor (``sample_site/run_demo.py``) when a process dies, and `just demo` from a fresh clone on a
+terminal, stopped with Ctrl-C while an export runs.
 
 Nothing here touches a Redis that may hold somebody's data: each test starts a private
 ``redis-server`` on a free port. The sample site runs on a temporary SQLite database and
@@ -14,6 +16,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -282,7 +285,8 @@ def retry(row, name):
 def open_centre(page):
     """Open the centre's <details>, in the sets that have one (the toasts are always shown)."""
     # A click must not begin on the indicator: a pushed update may replace it before the release.
-    assert page.evaluate("getComputedStyle(document.getElementById('async-downloads-indicator')).pointerEvents") == "none"
+    indicator = "getComputedStyle(document.getElementById('async-downloads-indicator')).pointerEvents"
+    assert page.evaluate(indicator) == "none"
     details = page.locator("#async-downloads-centre details")
     if details.count() and details.get_attribute("open") is None:
         details.locator("summary").click()
@@ -305,7 +309,106 @@ def check_timeline(timeline):
     assert timeline[-1]["link"] and not timeline[-1]["progress"], timeline
 
 
-# --- `just demo` from a fresh clone -----------------------------------------------------------
+# --- seeding ----------------------------------------------------------------------------------
+
+SEED_LINE = re.compile(r"Seeding orders \[[#-]{20}\] +(\d+)% ([\d,]+)/([\d,]+)")
+
+
+@pytest.mark.slow
+def test_seeding_shows_its_progress_on_a_terminal_and_in_a_few_lines_otherwise(tmp_path):
+    """``SAMPLE_SITE_ORDERS`` orders, with a bar redrawn in place on a terminal, a line per quarter elsewhere."""
+    empty, piped, on_terminal = (tmp_path / f"{name}.sqlite3" for name in ("empty", "piped", "terminal"))
+    demo_processes.manage("migrate", "--verbosity", "0",
+                          env=demo_processes.sample_env("redis://unused", database=empty))
+    shutil.copy(empty, piped)
+    shutil.copy(empty, on_terminal)
+
+    env = {**demo_processes.sample_env("redis://unused", database=piped), "SAMPLE_SITE_ORDERS": "12000"}
+    lines = demo_processes.manage("seed_demo", env=env).splitlines()
+    progress = [SEED_LINE.fullmatch(line) for line in lines if line.startswith("Seeding orders")]
+    assert all(progress) and 3 <= len(progress) <= 5, lines
+    assert [match[3] for match in progress] == ["12,000"] * len(progress)
+    assert progress[-1][1] == "100" and progress[-1][2] == "12,000", lines
+    assert re.fullmatch(r"Demo data: 12,000 orders seeded in [\d.]+ s\.", lines[-1]), lines
+
+    env = {**demo_processes.sample_env("redis://unused", database=on_terminal), "SAMPLE_SITE_ORDERS": "12000"}
+    terminal = Terminal([sys.executable, str(ROOT / "sample_site" / "manage.py"), "seed_demo"],
+                        cwd=ROOT, env=env, log_path=tmp_path / "terminal.log")
+    assert terminal.process.wait(120) == 0, terminal.text()
+    text = terminal.text()
+    # Each step redraws the line: a carriage return, no new line.
+    redraws = re.findall(r"\r(Seeding orders [^\r\n]*)", text)
+    assert len(redraws) == 4 and all(SEED_LINE.fullmatch(line) for line in redraws), repr(text)
+    assert redraws[-1].endswith("100% 12,000/12,000") and "\n" not in text.split("100% 12,000/12,000")[0], repr(text)
+
+
+# --- `just demo` from a fresh clone, and the demo's supervisor ----------------------------------
+
+
+class Terminal:
+    """A command on a pseudo-terminal of its own, as a user's shell would run it: the terminal is its
+    controlling one, and Ctrl-C (``interrupt()``) reaches the terminal's foreground process group."""
+
+    def __init__(self, args, *, cwd, env, log_path):
+        import pty
+        import threading
+
+        master, slave = pty.openpty()
+        self.master, self.log_path = master, log_path
+        self.output = bytearray()
+        self.lock = threading.Lock()
+        self.process = subprocess.Popen(
+            args, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave,
+            start_new_session=True, preexec_fn=_take_controlling_terminal,
+        )
+        os.close(slave)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        with open(self.log_path, "wb") as log:
+            while True:
+                try:
+                    chunk = os.read(self.master, 4096)
+                except OSError:  # EIO: every process of the terminal has closed it
+                    break
+                if not chunk:
+                    break
+                with self.lock:
+                    self.output += chunk
+                log.write(chunk)
+                log.flush()
+
+    def text(self):
+        """What the terminal showed so far (its \r\n made \n again)."""
+        with self.lock:
+            return self.output.decode(errors="replace").replace("\r\n", "\n")
+
+    def wait_for(self, text, timeout):
+        deadline = time.monotonic() + timeout
+        while text not in self.text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{text!r} not shown (exit status {self.process.poll()}):\n{self.text()[-5000:]}")
+            time.sleep(0.2)
+        return self.text()
+
+    def interrupt(self):
+        """Ctrl-C, typed."""
+        os.write(self.master, b"\x03")
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.reader.join(5)
+        os.close(self.master)
+
+
+def _take_controlling_terminal():
+    import fcntl
+    import termios
+
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def _processes():
@@ -349,15 +452,38 @@ def _still_running(seen, leaders):
     return left
 
 
+def _command(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "(gone)"
+
+
 def _describe(pids):
-    lines = []
-    for pid in pids:
+    return "\n".join(f"{pid}: {_command(pid)}" for pid in pids)
+
+
+def _child_running(parent, word):
+    """The pid of the child process of ``parent`` whose command line has ``word`` (the main process, then)."""
+    for pid, (ppid, *_) in _processes().items():
+        if ppid == parent and word in _command(pid):
+            return pid
+    return None
+
+
+def _kill_left(seen, leaders):
+    for pid in _still_running(seen, leaders):
         try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            lines.append(f"{pid}: {command}")
-        except OSError:
-            lines.append(f"{pid}: (gone)")
-    return "\n".join(lines)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_until_gone(seen, leaders, timeout, output):
+    deadline = time.monotonic() + timeout
+    while (left := _still_running(seen, leaders)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"Still running {timeout} s after the demo was stopped:\n{_describe(left)}\n{output()[-3000:]}"
 
 
 def _clean_env(**extra):
@@ -365,7 +491,7 @@ def _clean_env(**extra):
     env = {
         key: value for key, value in os.environ.items()
         if key not in {"VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTHONPATH", "DJANGO_SETTINGS_MODULE",
-                       "PYTHONHOME", "REDIS_URL", "SHOWCASE"}
+                       "PYTHONHOME", "REDIS_URL", "SHOWCASE", "PORT"}
         and not key.startswith(("ASYNC_DOWNLOADS_", "SAMPLE_SITE_", "COVERAGE_"))
     }
     env["PATH"] = os.pathsep.join(
@@ -375,75 +501,205 @@ def _clean_env(**extra):
     return env
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(420)
-def test_just_demo_from_a_fresh_clone_serves_and_stops_cleanly(tmp_path):
-    """The README's demo command in a fresh clone of the committed HEAD (uncommitted changes don't count)."""
-    need_redis_server()
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=60)
-    port = demo_processes.free_port()
-    log_path = tmp_path / "demo.log"
-    with demo_processes.private_redis() as redis_url, open(log_path, "wb") as log:
-        demo = subprocess.Popen(
-            ["bash", "-c", "python3 -m venv .venv && .venv/bin/pip install -q rust-just uv && .venv/bin/just demo"],
-            cwd=clone, env=_clean_env(PORT=str(port), REDIS_URL=redis_url),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            process_group=0,  # its own group, as a terminal would give it: Ctrl-C reaches all of it
-        )
-        pgid = demo.pid
-        seen = {}  # every process of the demo's tree, pid: start time
-        leaders = {pgid}
-        try:
-            status = _wait_until_served(f"http://127.0.0.1:{port}/", demo, seen, log_path, timeout=240)
-            assert status in (200, 302)
-            time.sleep(1)
-            running = _tree(demo.pid, _processes())
-            seen.update(running)
-            # The Procfile's processes run in sessions of their own (honcho starts them so):
-            # whatever runs in the groups and sessions they lead counts, even if orphaned.
-            leaders |= set(running)
-            names = _describe(seen)
-            assert "uvicorn" in names and "celery" in names, names
-
-            os.killpg(pgid, signal.SIGINT)  # Ctrl-C
-            deadline = time.monotonic() + 15
-            while (left := _still_running(seen, leaders)) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert not left, f"Still running 15 s after Ctrl-C:\n{_describe(left)}\n{log_path.read_text()[-3000:]}"
-            demo.wait(5)  # reap it: until then the group still has a (zombie) member
-            with pytest.raises(ProcessLookupError):
-                os.killpg(pgid, 0)
-        finally:
-            for pid in _still_running(seen, leaders):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if demo.poll() is None:
-                demo.kill()
-                demo.wait()
-            shutil.rmtree(clone, ignore_errors=True)  # a venv and a 300,000-order database
-
-
-def _wait_until_served(url, demo, seen, log_path, timeout):
-    """The status of GET ``url`` (redirects not followed) once the demo answers it."""
-
+def _opener():
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args, **kwargs):
             return None
 
-    opener = urllib.request.build_opener(NoRedirect)
-    deadline = time.monotonic() + timeout
-    while True:
-        seen.update(_tree(demo.pid, _processes()))
+    return urllib.request.build_opener(NoRedirect)
+
+
+def _status(url, timeout=5):
+    """The status of GET ``url`` (redirects not followed), or the error that kept it from answering."""
+    try:
+        with _opener().open(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as error:  # a redirect (not followed)
+        return error.code
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+        return error
+
+
+# Run by ``manage.py shell -c`` with the demo's environment: start the slow report (about 30 s)
+# for the first demo user through the app's API, and wait until the worker runs it.
+START_SLOW_REPORT = """
+import time
+from django.contrib.auth import get_user_model
+from async_downloads.cache import get_download
+from async_downloads.shortcuts import start_download
+from sample_site.shop import tasks
+
+user = get_user_model().objects.get(username=USERNAME)
+_, key = start_download(user, "daily-revenue.csv", tasks.daily_revenue_report, name="Daily revenue")
+deadline = time.monotonic() + 60
+while (record := get_download(key))["state"] == "pending" or not record["percentage"]:
+    if time.monotonic() > deadline:
+        break
+    time.sleep(0.2)
+print("@@", key, record["state"], record["percentage"])
+"""
+# The same, for the orders export, waiting (up to ``TIMEOUT`` s) until it has finished.
+EXPORT_ORDERS = """
+import time
+from django.contrib.auth import get_user_model
+from async_downloads.cache import FINISHED, get_download
+from async_downloads.shortcuts import start_download
+from sample_site.shop import tasks
+
+user = get_user_model().objects.get(username=USERNAME)
+_, key = start_download(user, "orders.csv", tasks.export_orders, ({"status": "paid"},), name="Orders")
+deadline = time.monotonic() + TIMEOUT
+while (record := get_download(key))["state"] not in FINISHED and time.monotonic() < deadline:
+    time.sleep(0.2)
+print("@@", key, record["state"], record["errors"] or "-")
+"""
+DOWNLOAD_STATE = """
+from async_downloads.cache import get_download
+
+record = get_download(KEY)
+print("@@", record["state"], record["errors"] or "-")
+"""
+
+
+def _shell(script, python, manage_py, env, **names):
+    """Run ``script`` (``names`` defined first) in ``manage.py shell``; the words of its ``@@`` line."""
+    code = "".join(f"{name} = {value!r}\n" for name, value in names.items()) + script
+    result = subprocess.run([str(python), str(manage_py), "shell", "-c", code], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("@@ "))
+    return line.split()[1:]
+
+
+BANNER = "Press Ctrl-C to stop."
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_just_demo_from_a_fresh_clone_seeds_serves_and_stops_cleanly_on_ctrl_c(tmp_path):
+    """The README's demo command in a fresh clone of the committed HEAD (uncommitted changes don't count),
+    on a terminal: seeding shows progress; once the site answers, the address, the users and the Redis
+    in use are printed, last; Ctrl-C while an export runs ends it as cancelled (or complete), never as
+    failed, the demo exits with status 0, and nothing of it is left running."""
+    need_redis_server()
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=60)
+    port = demo_processes.free_port()
+    with demo_processes.private_redis() as redis_url:
+        env = _clean_env(PORT=str(port), REDIS_URL=redis_url, SAMPLE_SITE_ORDERS="20000")
+        readme_command = "python3 -m venv .venv && .venv/bin/pip install -q rust-just uv && .venv/bin/just demo"
+        assert readme_command in (clone / "README.md").read_text()
+        terminal = Terminal(["bash", "-c", readme_command], cwd=clone, env=env, log_path=tmp_path / "terminal.log")
+        demo = terminal.process
+        seen = {}  # every process of the demo's tree, pid: start time
+        leaders = {demo.pid}
         try:
-            with opener.open(url, timeout=2) as response:
-                return response.status
-        except urllib.error.HTTPError as error:  # a redirect (not followed), or an error the test reports
-            return error.code
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if demo.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"`just demo` did not serve {url} (exit status {demo.poll()}):\n{log_path.read_text()[-5000:]}")
-        time.sleep(0.5)
+            shown = terminal.wait_for(BANNER, timeout=400)
+            # The address is printed once the site answers: it answers at once.
+            url = f"http://127.0.0.1:{port}/"
+            assert _status(url) in (200, 302), shown
+            running = _tree(demo.pid, _processes())
+            seen.update(running)
+            # The demo's processes run in sessions of their own: whatever runs in the groups and
+            # sessions they lead counts, even if orphaned.
+            leaders |= set(running)
+            names = _describe(seen)
+            assert "uvicorn" in names and "celery" in names, names
+
+            assert re.search(r"\rSeeding orders \[#{20}\] 100% 20,000/20,000\n", shown), repr(shown)
+            assert re.search(r"\rSeeding orders \[[#-]{20}\] +50% 10,000/20,000\r", shown), repr(shown)
+            banner = shown[shown.rindex(f"ready: {url}"):]
+            assert "alice / wonderland" in banner and "bob / builder" in banner, banner
+            # The db number the site uses (SAMPLE_SITE_REDIS_DB, 5 by default), not the URL's /0.
+            assert f"Redis: {redis_url.removesuffix('/0')}/5\n" in banner, banner
+            assert "sample_site/var/demo.log" in banner, banner
+            assert (clone / "sample_site" / "var" / "demo.log").exists()
+
+            python, manage_py = clone / ".venv" / "bin" / "python", clone / "sample_site" / "manage.py"
+            shell_env = _clean_env(REDIS_URL=redis_url)
+            key, state, percentage = _shell(START_SLOW_REPORT, python, manage_py, shell_env, USERNAME=USERNAME)
+            assert state == "running" and int(percentage) > 0, (state, percentage)
+            assert _status(f"{url}login/") == 200
+            time.sleep(1)
+            after_banner = terminal.text()[len(shown):]
+            assert after_banner == "", f"Printed after the banner: {after_banner!r}"
+            assert shown.endswith(f"{BANNER}\n"), repr(shown[-500:])
+
+            seen.update(_tree(demo.pid, _processes()))
+            started = time.monotonic()
+            terminal.interrupt()
+            assert demo.wait(30) == 0, terminal.text()[-3000:]
+            stopped_in = time.monotonic() - started
+            _wait_until_gone(seen, leaders, 10, terminal.text)
+            with pytest.raises(ProcessLookupError):
+                os.killpg(demo.pid, 0)
+            state, errors = _shell(DOWNLOAD_STATE, python, manage_py, shell_env, KEY=key)
+            assert state in ("cancelled", "complete"), (state, errors)
+            stopping = terminal.text()[len(shown):]
+            assert "Cancelled 1 export still running: Daily revenue" in stopping, stopping
+            assert "Traceback" not in stopping and "error" not in stopping.lower(), stopping
+            assert stopped_in < 20, stopping
+        finally:
+            _kill_left(seen, leaders)
+            terminal.close()
+            shutil.rmtree(clone, ignore_errors=True)  # a venv and a database
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_demo_restarts_a_killed_worker_and_stops_when_the_web_server_dies(redis_url, sample_data, tmp_path):
+    port = demo_processes.free_port()
+    env = demo_processes.sample_env(redis_url, redis_db=7, database=sample_data["database"],
+                                    media=tmp_path / "media", var_dir=tmp_path / "var")
+    console = tmp_path / "console.log"
+    with open(console, "w") as out:
+        supervisor = subprocess.Popen(
+            [sys.executable, str(ROOT / "sample_site" / "run_demo.py"), "--port", str(port)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+
+    def output():
+        return console.read_text(errors="replace")
+
+    def wait_for(text, timeout=120):
+        deadline = time.monotonic() + timeout
+        while text not in output():
+            assert supervisor.poll() is None and time.monotonic() < deadline, f"{text!r} not shown:\n{output()}"
+            time.sleep(0.2)
+
+    seen, leaders = {}, {supervisor.pid}
+    try:
+        wait_for(BANNER)
+        seen.update(running := _tree(supervisor.pid, _processes()))
+        leaders |= set(running)
+        worker, web = _child_running(supervisor.pid, "celery"), _child_running(supervisor.pid, "uvicorn")
+        assert worker and web, _describe(running)
+        pool = [pid for pid, (_, pgid, *_) in _processes().items() if pgid == worker and pid != worker]
+        assert pool, "The worker's pool processes"
+
+        os.kill(worker, signal.SIGKILL)
+        wait_for("The Celery worker stopped (killed by SIGKILL); restarting it", timeout=30)
+        # The old worker's pool processes went with it; a new worker does the exports.
+        deadline = time.monotonic() + 10
+        while any(pid in _processes() for pid in pool) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(pid in _processes() for pid in pool), _describe(pool)
+        new_worker = _child_running(supervisor.pid, "celery")
+        assert new_worker not in (None, worker)
+        seen.update(running := _tree(supervisor.pid, _processes()))
+        leaders |= set(running)
+        manage_py = ROOT / "sample_site" / "manage.py"
+        key, state, errors = _shell(EXPORT_ORDERS, sys.executable, manage_py, env,
+                                    USERNAME=USERNAME, TIMEOUT=90)
+        assert state == "complete", (state, errors, output())
+
+        os.kill(web, signal.SIGKILL)
+        assert supervisor.wait(30) == 1, output()
+        assert "The web server (uvicorn) stopped (killed by SIGKILL); stopping the demo." in output()
+        _wait_until_gone(seen, leaders, 10, output)
+        assert output().rstrip().endswith("Stopped."), output()
+    finally:
+        _kill_left(seen, leaders)
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
