@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from django.urls import NoReverseMatch, reverse
 
-from . import events, files, jobs, records, store
+from . import events, files, heartbeat, jobs, records, store
 from .conf import settings
 from .records import (
     CANCELLED,
@@ -62,6 +62,8 @@ __all__ = [
     "set_error",
     "set_percentage",
     "task_failed",
+    "task_returned",
+    "task_started",
     "update_percentage",
 ]
 
@@ -126,27 +128,97 @@ def is_cancelled(download_key: str) -> bool:
 def fail_stalled(user: Any) -> list[str]:
     """Turn the user's stalled downloads into errors (their worker died); return their keys.
 
-    A running download is stalled when its task has changed nothing for
-    ``ASYNC_DOWNLOADS_STALL_TIMEOUT`` seconds. The centre view, the event
-    stream and the WebSocket consumer call this when a page connects, and the
-    web process calls it for the users whose pages are open (``async_downloads.watch``).
+    A running download is stalled when the worker that runs its task has not
+    beaten for ``ASYNC_DOWNLOADS_WORKER_TIMEOUT`` seconds (see
+    ``async_downloads.heartbeat``), or, for a task run where nothing beats, when
+    it has changed nothing for ``ASYNC_DOWNLOADS_STALL_TIMEOUT`` seconds. A
+    pending download that has waited longer than ``ASYNC_DOWNLOADS_PENDING_WAIT``
+    is marked as waiting for a worker (its row says so). The centre view, the
+    event stream and the WebSocket consumer call this when a page connects, and
+    the web process calls it for the users whose pages are open
+    (``async_downloads.watch``). Reads never do this.
     """
-    timeout = settings.STALL_TIMEOUT
     failed = []
     for record in store.read_downloads(user_pk(user)):
-        if records.is_stalled(record, timeout) and _fail_stalled(record["key"], timeout):
+        if _is_stalled(record) and _fail_stalled(record["key"]):
             failed.append(record["key"])
+        elif _newly_waiting(record):
+            _mark_waiting(record["key"])
     return failed
 
 
-def _fail_stalled(download_key: str, timeout: float) -> Record | None:
-    record = store.transition(
-        download_key, ERROR, errors=str(STALLED), when=lambda current: records.is_stalled(current, timeout)
-    )
+def _is_stalled(record: Record) -> bool:
+    return records.is_stalled(record, settings.STALL_TIMEOUT, settings.WORKER_TIMEOUT)
+
+
+def _newly_waiting(record: Record) -> bool:
+    return not record.get("waiting") and records.is_waiting(record, settings.PENDING_WAIT)
+
+
+def _fail_stalled(download_key: str) -> Record | None:
+    record = store.transition(download_key, ERROR, errors=str(STALLED), when=_is_stalled)
     if record is not None:
-        logger.error("Download %s: its task reported nothing for %s s; marked as failed.", download_key, timeout)
+        logger.error(
+            "Download %s: its worker went away (no heartbeat for %s s, or no report for %s s); marked as failed.",
+            download_key, settings.WORKER_TIMEOUT, settings.STALL_TIMEOUT,
+        )
         events.download_changed(record, events.FAILED)
     return record
+
+
+def _mark_waiting(download_key: str) -> None:
+    def change(record: Record) -> bool:
+        if not _newly_waiting(record):
+            return False
+        record["waiting"] = True
+        return True
+
+    store.update(download_key, change, then=lambda record: events.download_changed(record, events.UPDATED))
+
+
+# --- Workers ---------------------------------------------------------------------------------
+
+
+def task_started(download_key: Any, task_id: str | None = None) -> bool:
+    """A worker started a task for ``download_key``: the download is running from now on.
+
+    Called in the worker process by ``async_downloads.receivers``; returns
+    whether that process should beat for the download (``async_downloads.heartbeat``).
+    A download whose record names another task id is left alone.
+    """
+    if not is_download_key(download_key):
+        return False
+
+    def ours(record: Record) -> bool:
+        return not record.get("task_id") or task_id is None or record.get("task_id") == task_id
+
+    record = store.transition(
+        download_key, RUNNING, when=ours, then=_published_if_moved, beat=time.time(), waiting=False,
+    )
+    return record is not None
+
+
+def _published_if_moved(record: Record) -> None:
+    # Under the record's lock, as progress is. A task that starts again (a retry of
+    # the worker's) leaves an already running row as it is.
+    if record["percentage"] == 0:
+        events.download_changed(record, events.UPDATED)
+
+
+def task_returned(download_key: Any) -> None:
+    """The task of ``download_key`` returned (or raised) in this worker: nothing beats for it now.
+
+    A download its task left running (handed to another task, say) then stalls
+    after ``ASYNC_DOWNLOADS_STALL_TIMEOUT`` without reports, as one run without
+    heartbeats does.
+    """
+    if not is_download_key(download_key):
+        return
+
+    def forget_beat(record: Record) -> bool:
+        return record.pop("beat", None) is not None and record["state"] not in FINISHED
+
+    store.update(download_key, forget_beat)
 
 
 # --- Progress --------------------------------------------------------------------------------
@@ -249,7 +321,7 @@ def save_download(download_key: str, iterable: Any = None, file: Any = None, enc
     """Store the result of a download: rows as CSV (``iterable``) or a file object."""
     record = store.read(download_key)
     if record is None:
-        logger.warning("save_download: download %s is unknown, cleared or expired.", download_key)
+        _log_missing(download_key)
         return
     if record["state"] in FINISHED:
         return
@@ -266,6 +338,19 @@ def save_download(download_key: str, iterable: Any = None, file: Any = None, enc
         _finish(download_key, ERROR, errors=str(SAVE_FAILED))
         return
     _complete(download_key, path)
+
+
+def _log_missing(download_key: str) -> None:
+    if store.was_cleared(download_key):
+        logger.info("save_download: download %s was cleared by its user; nothing is saved.", download_key)
+    elif heartbeat.heartbeats.runs_here(download_key):
+        logger.warning(
+            "save_download: the record of download %s was lost while its task ran (the cache server restarted "
+            "without its data, was flushed, or evicted it); its user no longer sees it, and nothing is saved.",
+            download_key,
+        )
+    else:
+        logger.warning("save_download: download %s is unknown, expired or lost; nothing is saved.", download_key)
 
 
 def _write(record: Record, iterable: Any, file: Any, encoding: str) -> str:

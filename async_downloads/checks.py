@@ -161,3 +161,18 @@ def check_compat(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) 
             id="async_downloads.W004",
         )
     ]
+
+
+@register()
+def check_heartbeat(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    interval, timeout = settings.HEARTBEAT_INTERVAL, settings.WORKER_TIMEOUT
+    if float(interval) * 2 <= float(timeout):
+        return []
+    return [
+        Warning(
+            f"ASYNC_DOWNLOADS_HEARTBEAT_INTERVAL ({interval!r} s) is more than half of "
+            f"ASYNC_DOWNLOADS_WORKER_TIMEOUT ({timeout!r} s): one late heartbeat would fail a live download.",
+            hint="Keep the worker timeout at least twice the heartbeat interval (defaults: 10 s and 45 s).",
+            id="async_downloads.W005",
+        )
+    ]

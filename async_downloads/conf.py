@@ -30,6 +30,9 @@ DEFAULTS = {
     "POLL_INTERVAL": 2,
     "WS_URL": "/ws/async_downloads/",
     "STALL_TIMEOUT": 600,
+    "HEARTBEAT_INTERVAL": 10,
+    "WORKER_TIMEOUT": 45,
+    "PENDING_WAIT": 30,
     "OUTAGE_WAIT": 30,
 }
 

@@ -51,7 +51,7 @@ def download_changed(record: Record, kind: str) -> None:
         _resync.add(pk)
 
 
-def publish(pk: Any, record: Record | None = None, kind: str | None = None) -> None:
+def publish(pk: Any, record: Record | None = None, kind: str | None = None, notice: str = "") -> None:
     """Render and send what ``kind`` happened to ``record`` means to the user's pages.
 
     Progress (``UPDATED``) is rendered from ``record``: ``set_percentage`` publishes it
@@ -59,6 +59,7 @@ def publish(pk: Any, record: Record | None = None, kind: str | None = None) -> N
     of its changes. Anything else re-renders the list from the cache under a per-user
     lock: a process that read an older list (two downloads finishing at once in two
     workers, a worker's progress racing a cancel) can never send it after a newer one.
+    ``notice`` is a message for the user shown with the list (``records.LOST``, say).
     """
     pusher = PUSHERS.get(transport())
     if pusher is None:
@@ -67,7 +68,7 @@ def publish(pk: Any, record: Record | None = None, kind: str | None = None) -> N
         pusher.send(pk, partials.render_message(pk, record, kind))
         return
     with store.locked(f"{store.collection_key(pk)}:publish"):
-        pusher.send(pk, partials.render_message(pk, record, kind))
+        pusher.send(pk, partials.render_message(pk, record, kind, notice=notice))
 
 
 class _Resync:

@@ -78,16 +78,16 @@ def render_row(record: Record, oob: bool = False) -> str:
     return render_to_string(ROW, {"download": record, "oob": oob, "css_class": settings.CSS_CLASS})
 
 
-def render_message(pk: Any, record: Record | None = None, kind: str | None = None) -> str:
+def render_message(pk: Any, record: Record | None = None, kind: str | None = None, notice: str = "") -> str:
     """The HTML pushed to a user's pages after ``kind`` happened to ``record``.
 
     Progress replaces one row. Anything else replaces the list and the
     indicator, and, when nothing is left in progress, the connection element
     too: its idle version has no stream, so swapping it in closes the stream.
     Every message replaces elements by id, so a replayed or repeated message
-    does no harm.
+    does no harm. ``notice``, if given, is shown above the list and announced.
     """
     if kind == records.UPDATED and record is not None:
         return render_row(record, oob=True)
-    context = {"centre": centre_context(pk), "announce": record if kind else None}
+    context = {"centre": centre_context(pk), "announce": record if kind else None, "notice": notice}
     return render_to_string(MESSAGE, context)

@@ -1,7 +1,10 @@
-"""Receivers of the task frameworks' failure signals: a task started by the shortcuts raised.
+"""Receivers of the task frameworks' signals, connected in ``AppConfig.ready()``.
 
-Connected in ``AppConfig.ready()``. The download of such a task becomes an error
-(``cache.task_failed``), unless the task ended because its download was cancelled.
+- A worker starts the task of a download (its first argument is a download key):
+  the download is running from now on, and the worker process beats for it
+  until the task returns (``async_downloads.heartbeat``).
+- A task started by the shortcuts raised: its download becomes an error
+  (``cache.task_failed``), unless the task ended because its download was cancelled.
 """
 
 from __future__ import annotations
@@ -10,12 +13,45 @@ import importlib
 import logging
 from typing import Any
 
-from celery.signals import task_failure
+from celery.signals import task_failure, task_postrun, task_prerun
 
 from . import cache, jobs
+from .heartbeat import heartbeats
 from .records import CANCELLED_PATH, DownloadCancelled
 
 logger = logging.getLogger(__name__)
+
+
+def _download_key(args: Any, kwargs: Any) -> Any:
+    if args:
+        return args[0]
+    return (kwargs or {}).get("download_key")
+
+
+def on_task_prerun(
+    sender: Any = None, task_id: str | None = None, args: Any = None, kwargs: Any = None, **extra: Any
+) -> None:
+    """Celery's ``task_prerun``, in the process that runs the task."""
+    download_key = _download_key(args, kwargs)
+    if cache.task_started(download_key, task_id):
+        heartbeats.start(download_key)
+
+
+def on_task_postrun(sender: Any = None, args: Any = None, kwargs: Any = None, **extra: Any) -> None:
+    """Celery's ``task_postrun``: sent after the task returned or raised."""
+    download_key = _download_key(args, kwargs)
+    if heartbeats.runs_here(download_key):
+        heartbeats.stop(download_key)
+        cache.task_returned(download_key)
+
+
+def on_task_started(sender: Any = None, task_result: Any = None, **extra: Any) -> None:
+    """Django Tasks' ``task_started``, in the worker that runs the task."""
+    if task_result is None:
+        return
+    download_key = _download_key(task_result.args, task_result.kwargs)
+    if cache.task_started(download_key, str(task_result.id)):
+        heartbeats.start(download_key)
 
 
 def on_task_failure(
@@ -34,7 +70,9 @@ def on_task_failure(
 
 
 def on_task_finished(sender: Any = None, task_result: Any = None, **extra: Any) -> None:
-    """Django Tasks' ``task_finished``: the same as ``on_task_failure``, for a task that failed."""
+    """Django Tasks' ``task_finished``: the task returned or raised; if it raised, as ``on_task_failure``."""
+    if task_result is not None:
+        on_task_postrun(args=task_result.args, kwargs=task_result.kwargs)
     if task_result is None or str(task_result.status) != "FAILED" or not task_result.args:
         return
     errors = list(getattr(task_result, "errors", None) or [])
@@ -50,9 +88,11 @@ def on_task_finished(sender: Any = None, task_result: Any = None, **extra: Any) 
 
 
 def connect() -> None:
+    task_prerun.connect(on_task_prerun, dispatch_uid="async_downloads.receivers.on_task_prerun")
+    task_postrun.connect(on_task_postrun, dispatch_uid="async_downloads.receivers.on_task_postrun")
     task_failure.connect(on_task_failure, dispatch_uid="async_downloads.receivers.on_task_failure")
     for framework in jobs.tasks_frameworks():
         signals = importlib.import_module(f"{framework.__name__}.signals")
-        signals.task_finished.connect(
-            on_task_finished, dispatch_uid=f"async_downloads.receivers.on_task_finished.{framework.__name__}"
-        )
+        uid = f"async_downloads.receivers.{{}}.{framework.__name__}"
+        signals.task_started.connect(on_task_started, dispatch_uid=uid.format("on_task_started"))
+        signals.task_finished.connect(on_task_finished, dispatch_uid=uid.format("on_task_finished"))

@@ -49,6 +49,7 @@ KIND_OF_STATE: Final = {RUNNING: UPDATED, COMPLETE: COMPLETED, ERROR: FAILED, CA
 SAVE_FAILED: Final[Promise] = _("The file could not be saved. Please try again later.")
 TASK_FAILED: Final[Promise] = _("The export failed. Please try again.")
 STALLED: Final[Promise] = _("The export stopped responding.")
+LOST: Final[Promise] = _("Some downloads were lost while the server restarted. Please start them again.")
 
 KEY_PATTERN: Final = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 
@@ -90,6 +91,11 @@ class Record(_RecordBase, total=False):
 
     task: TaskInfo
     task_id: str
+    #: When a worker last showed that it still runs the task (epoch seconds); absent
+    #: before a worker took the task and after the task returned.
+    beat: float
+    #: The download has waited for a worker longer than ``ASYNC_DOWNLOADS_PENDING_WAIT``.
+    waiting: bool
 
 
 class DownloadCancelled(Exception):
@@ -151,9 +157,26 @@ def move(record: Record, state: str, errors: str = "", **fields: Any) -> None:
         record["percentage"] = 100
 
 
-def is_stalled(record: Record, timeout: float, now: float | None = None) -> bool:
-    """A running download whose task has changed nothing for ``timeout`` seconds."""
-    return record["state"] == RUNNING and (now or time.time()) - record["updated"] > timeout
+def is_stalled(record: Record, timeout: float, worker_timeout: float, now: float | None = None) -> bool:
+    """A running download whose worker went away.
+
+    While a worker beats for it, the download is stalled once no beat came for
+    ``worker_timeout`` seconds, however long its task stays silent; without
+    beats (a task run outside a worker that sends them), once the task has
+    changed nothing for ``timeout`` seconds.
+    """
+    if record["state"] != RUNNING:
+        return False
+    now = now or time.time()
+    beat = record.get("beat")
+    if beat:
+        return now - beat > worker_timeout
+    return now - record["updated"] > timeout
+
+
+def is_waiting(record: Record, pending_wait: float, now: float | None = None) -> bool:
+    """A pending download that has waited for a worker longer than ``pending_wait`` seconds."""
+    return record["state"] == PENDING and (now or time.time()) - record["created"] > pending_wait
 
 
 def is_retryable(record: Record) -> bool:

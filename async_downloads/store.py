@@ -30,6 +30,10 @@ from .records import Record
 logger = logging.getLogger(__name__)
 
 OUTAGE_RETRY_DELAYS = (0.1, 0.2, 0.5, 1)
+#: A key that lives as long as the cache server keeps its data: when it is gone, so is
+#: everything else (a restart without persistence, a flush).
+EPOCH_KEY = "async_downloads:epoch"
+CLEARED_SUFFIX = ":cleared"
 
 
 class LockTimeout(RuntimeError):
@@ -222,8 +226,35 @@ def delete(key: str, collection_key: str) -> Record | None:
     with locked(key) as cache:
         record: Record | None = cache.get(key)
         cache.delete(key)
+        if record is not None:
+            # Tells a task still running for it that its user cleared it (its record was not lost).
+            cache.set(key + CLEARED_SUFFIX, True, seconds_left(record["expires"]))
     remove_from_collection(collection_key, {key})
     return record
+
+
+def was_cleared(key: str) -> bool:
+    """Whether the download of ``key`` was cleared by its user (rather than lost or expired)."""
+    return bool(get_cache().get(key + CLEARED_SUFFIX))
+
+
+_epoch: list[str] = []
+
+
+def data_lost() -> bool:
+    """Whether the cache server lost its data since this process last asked (first call: False).
+
+    The epoch key has no timeout: only a restart without persistence, a flush,
+    or an eviction policy that evicts keys without one takes it away.
+    """
+    cache = get_cache()
+    current = cache.get(EPOCH_KEY)
+    if current is None:
+        cache.add(EPOCH_KEY, uuid.uuid4().hex, None)
+        current = cache.get(EPOCH_KEY)
+    lost = bool(_epoch) and _epoch[0] != current
+    _epoch[:] = [current]
+    return lost
 
 
 def extend_collection(collection_key: str, expires: float) -> None:

@@ -23,8 +23,8 @@ from django.http import (
 )
 from django_eventstream.views import events as eventstream_events
 
-from . import cache, compat
-from .watch import while_open
+from . import cache, compat, store
+from .watch import resync_open_pages, while_open
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,9 @@ async def _supervise(manager: Any) -> None:
             if attempt:
                 logger.info("Event listener reconnected to Redis.")
                 compat.wake_all_streams(manager)
+                await sync_to_async(resync_open_pages)()
+            else:
+                await sync_to_async(store.data_lost)()  # notes what the cache server holds now
             attempt = 0
             await compat.listen(listener)
         except asyncio.CancelledError:

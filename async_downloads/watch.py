@@ -2,9 +2,10 @@
 
 An open event stream or WebSocket hears nothing from a worker that died: its
 download would show "running" for ever. While a user has a page connected to
-this process, a daemon thread calls ``cache.fail_stalled`` for them every
-quarter of ``ASYNC_DOWNLOADS_STALL_TIMEOUT`` (at most every minute), and the
-failure is pushed to their pages like any other change.
+this process, a daemon thread calls ``cache.fail_stalled`` for them (every
+``sweep_interval()`` seconds, at most every minute), and the failure is pushed
+to their pages like any other change. After an outage of the event bus,
+``resync_open_pages`` brings every open page up to date.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-from . import cache
+from . import cache, events, records, store
 from .conf import settings
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,11 @@ TICK: Final = 1.0
 
 
 def sweep_interval() -> float:
-    return min(max(float(settings.STALL_TIMEOUT) / 4, MIN_INTERVAL), MAX_INTERVAL)
+    """A quarter of the stall timeout, a third of the worker timeout, half the pending wait: the least."""
+    wanted = min(
+        float(settings.STALL_TIMEOUT) / 4, float(settings.WORKER_TIMEOUT) / 3, float(settings.PENDING_WAIT) / 2
+    )
+    return min(max(wanted, MIN_INTERVAL), MAX_INTERVAL)
 
 
 class Watching:
@@ -69,6 +74,11 @@ class Watching:
                 last = time.monotonic()
 
     def sweep(self) -> None:
+        try:
+            if store.data_lost():  # the cache server restarted without its data, or was flushed
+                resync_open_pages(lost=True)
+        except Exception:
+            logger.warning("Could not check whether the cache server lost its data.", exc_info=True)
         for pk in self.users():
             try:
                 cache.fail_stalled(pk)
@@ -77,6 +87,28 @@ class Watching:
 
 
 watching = Watching()
+
+
+def resync_open_pages(lost: bool | None = None) -> int:
+    """Send every user with an open page here their whole centre, as the cache has it now.
+
+    Called once the event bus is back after an outage: messages sent meanwhile
+    reached nobody, and if the cache server lost its data (a restart without
+    persistence, a flush), the pages still show downloads that no longer exist;
+    then the message also tells the user that downloads were lost (``lost``:
+    whether it did, asked of the store if not given). Returns how many users were
+    sent their centre.
+    """
+    if lost is None:
+        lost = store.data_lost()
+    notice = str(records.LOST) if lost else ""
+    users = watching.users()
+    for pk in users:
+        try:
+            events.publish(pk, notice=notice)
+        except Exception:
+            logger.warning("Could not resend the downloads of user %s.", pk, exc_info=True)
+    return len(users)
 
 
 async def while_open(pk: Any, content: AsyncIterator[Any]) -> AsyncIterator[Any]:

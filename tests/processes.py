@@ -22,12 +22,12 @@ def child_env(**extra):
     return env
 
 
-def start_worker(env, *options):
+def start_worker(env, *options, stderr=None):
     """A Celery worker process (solo pool) of tests.celery_app; ``options`` such as ``-Q queue``."""
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "--pool", "solo", *options,
          "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        env=env,
+        env=env, stderr=stderr,
     )
 
 
@@ -56,9 +56,10 @@ class Publisher:
 
 
 class PrivateRedis:
-    """A redis-server that keeps its data across a restart on the same port."""
+    """A redis-server that keeps its data across a restart on the same port (unless not ``persistent``)."""
 
-    def __init__(self):
+    def __init__(self, persistent=True):
+        self.persistent = persistent
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="async-downloads-outage-")
         self.start()
@@ -66,7 +67,7 @@ class PrivateRedis:
     def start(self):
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
+             "--save", "", "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always"],
             stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10

@@ -115,9 +115,17 @@ EVENTSTREAM_STORAGE_CONNECTION = _redis
 EVENTSTREAM_CHANNELMANAGER_CLASS = "async_downloads.sse.ChannelManager"
 # Idle pages look for new downloads every 3 s here (30 s by default), to keep tests short.
 ASYNC_DOWNLOADS_IDLE_POLL_INTERVAL = 3
-# A worker started by the stall test (tests/test_stall.py) beats fast enough for its short timeout.
-if os.environ.get("ASYNC_DOWNLOADS_TEST_STALL_TIMEOUT"):
-    ASYNC_DOWNLOADS_STALL_TIMEOUT = float(os.environ["ASYNC_DOWNLOADS_TEST_STALL_TIMEOUT"])
+# A web server started by the cross-tab tests (tests/test_tabs.py) polls rarely, or polls
+# instead of streaming, so that only the tabs' own messages can explain a quick update.
+if os.environ.get("ASYNC_DOWNLOADS_TEST_IDLE_POLL_INTERVAL"):
+    ASYNC_DOWNLOADS_IDLE_POLL_INTERVAL = int(os.environ["ASYNC_DOWNLOADS_TEST_IDLE_POLL_INTERVAL"])
+if os.environ.get("ASYNC_DOWNLOADS_TEST_TRANSPORT"):
+    ASYNC_DOWNLOADS_TRANSPORT = os.environ["ASYNC_DOWNLOADS_TEST_TRANSPORT"]
+# Processes started by a test with ASYNC_DOWNLOADS_TEST_SET_<NAME>=<seconds> get
+# ASYNC_DOWNLOADS_<NAME> = <seconds> (short stall and worker timeouts, say).
+for _name, _value in list(os.environ.items()):
+    if _name.startswith("ASYNC_DOWNLOADS_TEST_SET_"):
+        globals()["ASYNC_DOWNLOADS_" + _name.removeprefix("ASYNC_DOWNLOADS_TEST_SET_")] = float(_value)
 # Pub/sub ignores the db number: the channel prefix keeps this run's events apart.
 ASYNC_DOWNLOADS_WS_CHANNEL_NAME = f"adtest-{RUN_ID}"
 

@@ -23,12 +23,12 @@ class Site:
     """A Celery worker, a uvicorn process and a publisher (tests/publisher.py), all on a Redis
     of their own that keeps its data across restarts."""
 
-    def __init__(self):
+    def __init__(self, persistent=True, worker_log=None):
         self.worker = self.web = self.publisher = None
-        self.redis = PrivateRedis()
+        self.redis = PrivateRedis(persistent)
         self.env = {"REDIS_URL": self.redis.url, "ASYNC_DOWNLOADS_TEST_RUN": f"faults-{django_settings.RUN_ID}"}
         try:
-            self.worker = start_worker(child_env(**self.env))
+            self.worker = start_worker(child_env(**self.env), stderr=worker_log)
             self.web, self.base = start_uvicorn(graceful_timeout=1, **self.env)
             self.port = int(self.base.rsplit(":", 1)[1])
             self.publisher = Publisher(child_env(**self.env))
@@ -196,3 +196,49 @@ def test_a_storage_failing_in_a_worker_ends_in_a_clean_error(full_disk_worker, a
     assert (record["state"], record["errors"], record["url"]) == ("error", SAVE_FAILED, "")
     media = Path(django_settings.STORAGES["default"]["OPTIONS"]["location"])
     assert not (media / "downloads" / key).exists()  # the part written before the failure is gone
+
+
+@pytest.fixture(scope="module")
+def forgetful_site(django_db_setup, tmp_path_factory):
+    """The same processes on a Redis that keeps nothing across a restart (the default of many servers)."""
+    log_path = tmp_path_factory.mktemp("forgetful") / "worker.log"
+    with open(log_path, "w") as log:
+        site = Site(persistent=False, worker_log=log)
+        site.worker_log = log_path
+        try:
+            yield site
+        finally:
+            site.close()
+
+
+def test_open_pages_learn_that_downloads_were_lost_when_redis_restarts_without_its_data(forgetful_site, alice):
+    site = forgetful_site
+    finished = [site.init(alice, f"done-{n}.csv") for n in range(2)]
+    for key in finished:
+        site.publisher(op="save", key=key, rows=[["a"]])
+    key = site.init(alice)
+    with StreamReader(site.events_url(alice), session_cookies(alice)) as stream:
+        site.task("slow_export", key, rows=100, pause=0.05)  # 5 s of work
+        while percentages([stream.next(timeout=30)]) != [20]:
+            pass
+
+        site.redis.stop()  # for 3 s; it comes back empty
+        time.sleep(3)
+        site.redis.start()
+        back = time.monotonic()
+
+        event = stream.next(timeout=15)
+        while "were lost" not in event["data"]:
+            event = stream.next(timeout=15)
+        assert time.monotonic() - back < 10, f"told {time.monotonic() - back:.1f} s after Redis came back"
+        assert "Some downloads were lost while the server restarted." in event["data"]
+        assert "No downloads yet." in event["data"]  # the list as Redis has it now: none of the three rows
+        for gone in (key, *finished):
+            assert f'id="download-{gone}"' not in event["data"]
+
+    assert site.worker_answers()
+    deadline = time.monotonic() + 30
+    while "was lost while its task ran" not in site.worker_log.read_text():
+        assert time.monotonic() < deadline, site.worker_log.read_text()[-3000:]
+        time.sleep(0.2)
+    assert "WARNING" in next(line for line in site.worker_log.read_text().splitlines() if "was lost" in line)

@@ -1,19 +1,18 @@
-"""A running download whose task went silent for ASYNC_DOWNLOADS_STALL_TIMEOUT seconds is an error."""
+"""Stalled downloads: a running download whose worker went away is an error, found by ``fail_stalled`` only.
 
+In process. The same with real workers killed by SIGKILL: tests/test_liveness.py.
+"""
+
+import logging
 import re
-import subprocess
-import sys
 import time
 
 import pytest
-from django.conf import settings as django_settings
 from django.urls import reverse
 
-from async_downloads import cache, events, partials, store, watch
-from tests.processes import child_env, start_uvicorn, stop
+from async_downloads import cache, events, heartbeat, partials, store, watch
 from tests.sse_client import StreamReader, session_cookies
-from tests.testapp.tasks import ping, slow_export
-from tests.waits import wait_for_state, wait_until
+from tests.waits import wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -163,10 +162,15 @@ class TestOpenPages:
             assert ("sse-connect=" in connection) != ws_mode and ("ws-connect=" in connection) == ws_mode
             assert "hx-get" not in html and "hx-trigger" not in html
 
-    def test_the_sweep_runs_every_quarter_timeout_and_at_least_every_minute(self, settings):
+    def test_the_sweep_runs_often_enough_for_each_timeout_and_at_least_every_minute(self, settings):
+        settings.ASYNC_DOWNLOADS_WORKER_TIMEOUT = 45
+        settings.ASYNC_DOWNLOADS_PENDING_WAIT = 30
+        assert watch.sweep_interval() == 15  # the defaults: a dead worker is noticed within a minute
         settings.ASYNC_DOWNLOADS_STALL_TIMEOUT = 40
         assert watch.sweep_interval() == 10
         settings.ASYNC_DOWNLOADS_STALL_TIMEOUT = 600
+        settings.ASYNC_DOWNLOADS_WORKER_TIMEOUT = 600
+        settings.ASYNC_DOWNLOADS_PENDING_WAIT = 600
         assert watch.sweep_interval() == 60
 
     def test_a_watched_users_stalled_download_fails_without_any_request(self, alice, bob, short_timeout, failures):
@@ -176,10 +180,11 @@ class TestOpenPages:
         watching.add(alice.pk)  # two tabs
         watching.discard(alice.pk)
         try:
-            record = wait_until(lambda: (r := cache.get_download(key))["state"] == "error" and r, timeout=5)
+            wait_until(lambda: failures, timeout=5, what="the sweep to publish the failure")
         finally:
             watching.discard(alice.pk)
-        assert record["errors"] == STALLED
+        record = cache.get_download(key)
+        assert (record["state"], record["errors"]) == ("error", STALLED)
         assert failures == [key]
         assert cache.get_download(bobs)["state"] == "running", "nobody watches bob: nothing sweeps his"
         wait_until(lambda: watching.thread is None, timeout=5, what="the sweep to stop with nobody watched")
@@ -192,49 +197,158 @@ class TestOpenPages:
             assert cache.get_download(key)["state"] == "error"
 
 
-@pytest.fixture
-def doomed_worker(django_db_setup):
-    """A worker of its own, on a queue of its own, beating every 0.75 s (a 3 s stall timeout)."""
-    queue = f"{django_settings.CELERY_TASK_DEFAULT_QUEUE}-doomed"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "--pool", "solo", "-Q", queue,
-         "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        env=child_env(ASYNC_DOWNLOADS_TEST_STALL_TIMEOUT="3"),
-    )
-    try:
-        ping.apply_async(queue=queue).get(timeout=60)
-        yield process, queue
-    finally:
-        stop(process)
+def beating(user, seconds_ago=0.0, filename="orders.csv"):
+    """A download whose task a worker started (it beats), with its last beat ``seconds_ago``."""
+    _, key = cache.init_download(user, filename)
+    assert cache.task_started(key)
+    store.get_cache().set(key, {**store.read(key), "beat": time.time() - seconds_ago}, 60)
+    return key
 
 
-@pytest.mark.slow
-@pytest.mark.django_db(transaction=True)
-def test_a_worker_killed_mid_export_turns_into_stopped_responding_on_the_open_page(
-    doomed_worker, settings, alice, failures
-):
-    settings.ASYNC_DOWNLOADS_STALL_TIMEOUT = 3
-    process, queue = doomed_worker
-    server, url = start_uvicorn(ASYNC_DOWNLOADS_TEST_STALL_TIMEOUT="3")
-    try:
-        _, key = cache.init_download(alice, "squares.csv")
-        with StreamReader(f"{url}{partials.events_url(alice.pk)}", session_cookies(alice)) as stream:
-            # 4 s per 10 % step, longer than the timeout: only the heartbeats keep it running.
-            slow_export.apply_async((key,), {"rows": 1000, "pause": 0.04}, queue=queue)
-            wait_for_state(key, {"running"})
-            time.sleep(5)
-            assert cache.get_download(key)["state"] == "running"
-            assert cache.get_download(key)["percentage"] <= 10
+class TestHeartbeats:
+    @pytest.fixture(autouse=True)
+    def _timeouts(self, settings):
+        settings.ASYNC_DOWNLOADS_STALL_TIMEOUT = 0.4
+        settings.ASYNC_DOWNLOADS_WORKER_TIMEOUT = 2
 
-            process.kill()  # SIGKILL: no chance to report anything
-            process.wait()
-            killed = time.monotonic()
-            # Nothing but the web process that holds the page's stream looks at the download.
-            message = stream.next(timeout=3 + 5)
-            while STALLED not in message["data"]:
-                message = stream.next(timeout=3 + 5 - (time.monotonic() - killed))
+    def test_a_started_task_makes_its_download_running_and_publishes_it(self, alice):
+        _, key = cache.init_download(alice, "orders.csv")
+        sent = []
+        events.download_changed_signal.connect(receiver := lambda record, kind, **kw: sent.append(kind))
+        try:
+            assert cache.task_started(key, "task-1") is True
+        finally:
+            events.download_changed_signal.disconnect(receiver)
         record = cache.get_download(key)
-        assert (record["state"], record["errors"]) == ("error", STALLED)
-        assert f'id="download-{key}"' in message["data"]
-    finally:
-        stop(server)
+        assert (record["state"], record["percentage"]) == ("running", 0)
+        assert time.time() - record["beat"] < 2
+        assert sent == [events.UPDATED]
+        assert 'aria-valuenow="0"' in partials.render_row(record)
+
+    def test_a_task_of_another_id_or_a_finished_download_is_not_taken(self, alice):
+        _, key = cache.init_download(alice, "orders.csv")
+        store.update(key, lambda record: record.update(task_id="task-1"))
+        assert cache.task_started(key, "task-2") is False
+        assert cache.get_download(key)["state"] == "pending"
+        cache.set_error(key, "No.")
+        assert cache.task_started(key, "task-1") is False
+        assert cache.task_started("not a key") is False
+
+    def test_a_silent_task_whose_worker_beats_is_never_stalled(self, alice, failures):
+        key = beating(alice)
+        silent_for(key, 3600)  # no report for an hour, far past the stall timeout…
+        store.get_cache().set(key, {**store.read(key), "beat": time.time()}, 60)  # …but its worker beats
+        assert cache.fail_stalled(alice) == []
+        assert failures == []
+
+    def test_a_download_whose_worker_stopped_beating_fails(self, alice, failures):
+        fresh, dead = beating(alice, seconds_ago=1), beating(alice, seconds_ago=3)
+        assert cache.fail_stalled(alice) == [dead]
+        assert cache.get_download(fresh)["state"] == "running"
+        assert (cache.get_download(dead)["state"], cache.get_download(dead)["errors"]) == ("error", STALLED)
+        assert failures == [dead]
+
+    def test_the_beat_thread_keeps_the_download_alive_until_the_task_returns(self, alice, settings, failures):
+        settings.ASYNC_DOWNLOADS_HEARTBEAT_INTERVAL = 0.2
+        settings.ASYNC_DOWNLOADS_WORKER_TIMEOUT = 0.8
+        beats = heartbeat.Heartbeats()
+        key = beating(alice)
+        beats.start(key)
+        try:
+            for _ in range(10):
+                time.sleep(0.2)
+                assert cache.fail_stalled(alice) == []
+        finally:
+            beats.stop(key)
+        wait_until(lambda: beats.thread is None, timeout=5, what="the beat thread to stop")
+        cache.task_returned(key)
+        record = cache.get_download(key)
+        assert "beat" not in record and record["state"] == "running"
+        time.sleep(0.5)  # now only the stall timeout (0.4 s without reports) applies
+        assert cache.fail_stalled(alice) == [key]
+
+    def test_a_record_lost_while_its_task_runs_is_logged_as_a_warning(self, alice, caplog, settings):
+        settings.ASYNC_DOWNLOADS_HEARTBEAT_INTERVAL = 0.1
+        beats = heartbeat.Heartbeats()
+        key = beating(alice)
+        beats.start(key)
+        monkeypatch_heartbeats = heartbeat.heartbeats
+        heartbeat.heartbeats = beats
+        try:
+            store.get_cache().delete(key)  # as a restart of the cache server without its data would
+            wait_until(lambda: key in beats.lost, timeout=5, what="the beat to notice")
+            cache.save_download(key, [["a"]])
+        finally:
+            heartbeat.heartbeats = monkeypatch_heartbeats
+            beats.stop(key)
+        lost = [r for r in caplog.records if r.levelname == "WARNING" and "was lost while its task ran" in r.message]
+        assert len(lost) == 2, caplog.text  # once by the beat, once by save_download
+
+    def test_a_cleared_download_is_not_called_lost(self, alice, caplog):
+        caplog.set_level(logging.INFO, logger="async_downloads")
+        key = beating(alice)
+        heartbeat.heartbeats.start(key)
+        try:
+            assert cache.clear_download(key, alice)
+            cache.save_download(key, [["a"]])
+        finally:
+            heartbeat.heartbeats.stop(key)
+        assert "lost" not in caplog.text and "was cleared by its user" in caplog.text
+
+
+class TestWaitingForAWorker:
+    def test_a_download_pending_longer_than_the_wait_says_so_once(self, alice, settings):
+        settings.ASYNC_DOWNLOADS_PENDING_WAIT = 0.3
+        _, key = cache.init_download(alice, "orders.csv")
+        assert cache.fail_stalled(alice) == []
+        assert not cache.get_download(key).get("waiting")
+        assert "Waiting for a worker" not in partials.render_row(cache.get_download(key))
+        time.sleep(0.4)
+        sent = []
+        events.download_changed_signal.connect(receiver := lambda record, kind, **kw: sent.append(kind))
+        try:
+            cache.fail_stalled(alice)
+            cache.fail_stalled(alice)
+        finally:
+            events.download_changed_signal.disconnect(receiver)
+        record = cache.get_download(key)
+        assert (record["state"], record["waiting"]) == ("pending", True)
+        assert sent == [events.UPDATED]
+        assert "Waiting for a worker…" in partials.render_row(record)
+
+        assert cache.task_started(key)
+        record = cache.get_download(key)
+        assert (record["state"], record["waiting"]) == ("running", False)
+        assert "Waiting for a worker" not in partials.render_row(record)
+
+    def test_the_default_wait_is_half_a_minute(self):
+        from async_downloads.conf import settings
+
+        assert (settings.PENDING_WAIT, settings.WORKER_TIMEOUT, settings.HEARTBEAT_INTERVAL) == (30, 45, 10)
+
+
+def test_the_cache_server_losing_its_data_is_noticed_once(alice):
+    store.data_lost()
+    assert store.data_lost() is False
+    store.get_cache().delete(store.EPOCH_KEY)  # as a restart without persistence, or a flush
+    assert store.data_lost() is True
+    assert store.data_lost() is False
+
+
+def test_open_pages_are_resent_with_a_notice_after_the_cache_server_lost_its_data(alice, bob, monkeypatch):
+    from async_downloads import sse
+
+    sent = []
+    monkeypatch.setattr(sse, "send", lambda pk, html: sent.append((pk, html)))
+    monkeypatch.setattr(watch, "watching", watch.Watching())
+    watch.watching.pages.update({alice.pk: 1, bob.pk: 2})
+    store.data_lost()
+    assert watch.resync_open_pages() == 2
+    assert sorted(pk for pk, _ in sent) == sorted([alice.pk, bob.pk])
+    assert all("were lost" not in html for _, html in sent)
+    sent.clear()
+    store.get_cache().delete(store.EPOCH_KEY)
+    watch.resync_open_pages()
+    assert len(sent) == 2
+    assert all("Some downloads were lost while the server restarted." in html for _, html in sent)
+    assert all('role="alert"' in html for _, html in sent)

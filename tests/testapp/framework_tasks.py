@@ -25,3 +25,9 @@ def raising(download_key, message="boom"):
 def until_cancelled(download_key, timeout=30):
     """Reports no progress after its first step; checks ``is_cancelled`` instead."""
     return celery_tasks.wait_for_cancel.run(download_key, timeout)
+
+
+@task
+def silent(download_key, seconds=5.0):
+    """Reports nothing for ``seconds``, then saves one row."""
+    celery_tasks.silent.run(download_key, seconds)

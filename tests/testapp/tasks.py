@@ -99,3 +99,14 @@ def queued_elsewhere(download_key):
     from async_downloads.cache import save_download
 
     save_download(download_key, [["ran"]])
+
+
+@shared_task
+def silent(download_key, seconds=5.0):
+    """A task that reports nothing for ``seconds`` (a long query, say), then saves one row."""
+    import time
+
+    from async_downloads.cache import save_download
+
+    time.sleep(seconds)
+    save_download(download_key, [["done"]])
