@@ -228,6 +228,22 @@ def test_error_row_shows_the_message_escaped(showcase, alice):
     assert not Elements(html).find("a")
 
 
+def test_a_row_waiting_for_a_worker_says_so(showcase, alice):
+    from async_downloads import store
+
+    key = download(alice, "pending")
+    assert "Waiting for a worker" not in partials.render_row(cache.get_download(key))
+    store.update(key, lambda record: record.update(waiting=True))
+    assert "Waiting for a worker…" in partials.render_row(cache.get_download(key))
+
+
+def test_the_lost_downloads_notice_is_shown_and_announced(showcase, alice):
+    html = partials.render_message(alice.pk, notice="Some downloads were lost.")
+    list_html = html[: html.index('id="async-downloads-status"')]
+    assert "Some downloads were lost." in list_html and 'role="alert"' in list_html
+    assert "Some downloads were lost." in html[html.index('id="async-downloads-status"'):]
+
+
 def test_no_csrf_token_is_rendered(showcase, media, alice):
     running, done = download(alice, "running"), download(alice, "complete")
     failed = download(alice, "error", task=True)
