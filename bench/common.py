@@ -53,6 +53,20 @@ def snapshot(pids):
     return {"wall": time.monotonic(), "busy": busy, "pids": {str(pid): cpu_seconds(pid) for pid in pids}}
 
 
+def wait_quiet(pids, budget, label, cpus=0.5):
+    """Wait until programs other than ``pids`` use less than ``cpus`` CPUs, ``budget`` seconds at most;
+    return the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < budget:
+        s0 = snapshot(pids)
+        time.sleep(1.5)
+        busy = others_cpus(s0, snapshot(pids))
+        if busy < cpus:
+            break
+        log(f"{label}: other programs use {busy} CPUs; waiting for a quieter machine")
+    return time.monotonic() - start
+
+
 def others_cpus(before, after, extra_mine=0.0):
     """CPUs used by programs other than ``pids`` (Redis included) between two snapshots."""
     mine = extra_mine + sum(after["pids"][pid] - t for pid, t in before["pids"].items()

@@ -30,7 +30,7 @@ from celery import Celery
 from devtools import load
 from devtools.processes import JsonLines, cpu_seconds, reply, start_celery_worker, start_uvicorn, stop
 
-from .common import ROOT, child_env, how_measured, log, md_table, others_cpus, snapshot, summary
+from .common import ROOT, child_env, how_measured, log, md_table, others_cpus, snapshot, summary, wait_quiet
 
 QUICK = os.environ.get("ADBENCH_LIVE_QUICK") == "1"
 TARGET_P99_MS, TARGET_KB_PER_STREAM, TARGET_CPU_RATIO = 25.0, 64.0, 10.0
@@ -345,15 +345,8 @@ class Bench:
 
     async def quiet(self, label):
         """Wait until other programs use less than QUIET_CPUS (QUIET_WAIT seconds at most over the run)."""
-        while self.quiet_budget > 0:
-            mine = [os.getpid(), *(p.pid for p in self.children if p.poll() is None)]
-            s0 = snapshot(mine)
-            await asyncio.sleep(1.5)
-            busy = others_cpus(s0, snapshot(mine))
-            if busy < QUIET_CPUS:
-                return
-            self.quiet_budget -= 1.5
-            log(f"{label}: other programs use {busy} CPUs; waiting for a quieter machine")
+        mine = [os.getpid(), *(p.pid for p in self.children if p.poll() is None)]
+        self.quiet_budget -= await asyncio.to_thread(wait_quiet, mine, self.quiet_budget, label, QUIET_CPUS)
 
     async def child(self, role, params):
         child = JsonLines([sys.executable, "-m", "bench.live", role], self.env, cwd=ROOT)
@@ -412,7 +405,9 @@ class Bench:
                                      stdout=subprocess.DEVNULL)
         self.children.append(worker)
         ready_key = f"{QUEUE}:{self.run_id}:ready"
-        app.send_task("bench.live.ready", args=[self.users["warm"][0]["key"], ready_key], queue=QUEUE)
+        # Keyword arguments only: the library's task signals take a task's first argument for a download key.
+        app.send_task("bench.live.ready", kwargs={"warm_key": self.users["warm"][0]["key"], "reply_key": ready_key},
+                      queue=QUEUE)
         if await asyncio.to_thread(blpop, self.redis, ready_key, 90) is None:
             raise RuntimeError("the Celery worker did not answer within 90 s")
         await self.warm(bg_port)
@@ -464,8 +459,9 @@ class Bench:
         interval = 1.0 / (PROBE_RATE * 2)
         mine = [os.getpid(), *pids.values(), *(c.pid for c in loads)]
         s0, w0, bg0 = snapshot(mine), time.monotonic(), sum(c.count for c in bg_clients)
-        app.send_task("bench.live.probe", queue=QUEUE,
-                      args=[kinds, probe_user["pk"], probe_user["key"], interval, reply_key])
+        app.send_task("bench.live.probe", queue=QUEUE, kwargs={
+            "kinds": kinds, "pk": probe_user["pk"], "key": probe_user["key"], "interval": interval,
+            "reply_key": reply_key})
         got = await asyncio.to_thread(blpop, self.redis, reply_key, len(kinds) * interval + 60)
         if got is None:
             raise RuntimeError("the probe task did not finish")

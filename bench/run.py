@@ -28,7 +28,7 @@ if sys.path and os.path.abspath(sys.path[0] or ".") == BENCH_DIR:
     sys.path[0] = ROOT
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 
-from bench.common import how_measured, log, md_table  # noqa: E402
+from bench.common import how_measured, log, md_table, wait_quiet  # noqa: E402
 
 REPORT_JSON = os.path.join(BENCH_DIR, "report.json")
 REPORT_MD = os.path.join(BENCH_DIR, "report.md")
@@ -40,6 +40,7 @@ REPS = 3
 BENCH_USER_PK = 424242
 MAX_RSS_GROWTH_MB = 50
 MAX_SLOWDOWN = 1.20
+QUIET_WAIT = 300  # seconds the CSV runs may wait in all for other programs to use less than half a CPU
 MB = 1024 * 1024
 
 SECTIONS = {}
@@ -268,9 +269,11 @@ def csv_worker(variant, rows):
 def bench_queryset_to_csv(opts):
     run_worker("data")
     runs = {n: {"lib": [], "bare": []} for n in SIZES}
+    budget = QUIET_WAIT
     for rep in range(opts.reps):
         for index, n in enumerate(SIZES):
             for variant in ("lib", "bare") if (rep + index) % 2 == 0 else ("bare", "lib"):
+                budget -= wait_quiet([os.getpid()], budget, "queryset_to_csv")
                 r = run_worker("csv", variant=variant, rows=n)
                 runs[n][variant].append(r)
                 log(f"rep {rep + 1}/{opts.reps} {n:>9,} rows {variant:>4}: {r['seconds']:6.2f} s, "
@@ -338,8 +341,9 @@ def bench_queryset_to_csv(opts):
             "Bare loop: `csv.writer(...).writerow(row_function(obj))` over the same iterator into the same kind of "
             "spooled file, then `storage.save`; no count, no progress, no cache. Both write the same bytes (checked).",
             f"Each run is a fresh process (peak RSS = `ru_maxrss`, Python + Django included); {opts.reps} runs per "
-            "variant and size in alternating order, median shown. The targets use wall time; CPU time (user + "
-            "system) is the cross-check that moves less with other load.",
+            f"variant and size in alternating order, median shown; before each run the driver waits (at most "
+            f"{QUIET_WAIT} s in all) until other programs use less than half a CPU. The targets use wall time; CPU "
+            "time (user + system) is the cross-check that moves less with other load.",
         ),
     ])
     return {"results": results, "targets": targets, "markdown": markdown}
