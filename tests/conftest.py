@@ -8,7 +8,6 @@ from django.conf import settings
 from tests.processes import child_env, start_worker, stop
 
 
-
 def _prefixed_keys(client):
     return list(client.scan_iter(match=f"*adtest-{settings.RUN_ID}*", count=1000))
 

@@ -62,16 +62,18 @@ class StreamReader:
         if self.last_event_id:
             headers["Last-Event-ID"] = self.last_event_id
         try:
-            with httpx.Client(cookies=self.cookies, timeout=httpx.Timeout(5, read=60)) as client:
-                with client.stream("GET", self.url, headers=headers) as response:
-                    self.status = response.status_code
-                    self.content_type = response.headers.get("content-type", "")
-                    if response.status_code != 200:
-                        self.body = response.read().decode()
-                        self.opened.set()
-                        return False
-                    self.connections += 1
-                    self._parse(response)
+            with (
+                httpx.Client(cookies=self.cookies, timeout=httpx.Timeout(5, read=60)) as client,
+                client.stream("GET", self.url, headers=headers) as response,
+            ):
+                self.status = response.status_code
+                self.content_type = response.headers.get("content-type", "")
+                if response.status_code != 200:
+                    self.body = response.read().decode()
+                    self.opened.set()
+                    return False
+                self.connections += 1
+                self._parse(response)
         except httpx.HTTPError:
             pass
         return True

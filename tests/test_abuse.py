@@ -85,14 +85,15 @@ EXPECTED = {
 
 def matrix():
     for endpoint, statuses in EXPECTED.items():
-        for case, status in zip(CASES, statuses):
+        for case, status in zip(CASES, statuses, strict=True):
             variants = {
                 "malformed": list(MALFORMED_KEYS),
                 "wrong_method": list(ENDPOINTS[endpoint].wrong_methods),
                 "other_user": ["key", "key-in-capitals"],
             }.get(case, [""])
             for variant in variants:
-                yield pytest.param(endpoint, case, variant, status, id=f"{endpoint}-{case}{'-' if variant else ''}{variant}")
+                name = f"{endpoint}-{case}{'-' if variant else ''}{variant}"
+                yield pytest.param(endpoint, case, variant, status, id=name)
 
 
 class Bob:

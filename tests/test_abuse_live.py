@@ -46,7 +46,7 @@ STREAMED = {
     "unknown-key": lambda alice, bobs: ({"download_key": str(uuid.uuid4())}, {}),
 }
 REFUSED = {
-    **{f"malformed-{name}": (lambda value: lambda alice, bobs: ({"lastEventId": value}, {}))(value)
+    **{f"malformed-{name}": (lambda value: lambda alice, bobs: ({"lastEventId": value}, {}))(value)  # noqa: B023
        for name, value in MALFORMED_KEYS.items()},
     "malformed-nul": lambda alice, bobs: ({"lastEventId": "\x00"}, {}),
     "malformed-not-a-number": lambda alice, bobs: ({"lastEventId": channel_id(alice, "abc")}, {}),
@@ -70,10 +70,12 @@ def stream(url, user, headers=None, wake=None):
 
 def request_status(method, url, cookies=None, headers=None):
     """Status and body of a request that must not open a stream."""
-    with httpx.Client(cookies=cookies or {}, timeout=httpx.Timeout(5)) as client:
-        with client.stream(method, url, headers=headers or {}) as response:
-            assert "text/event-stream" not in response.headers.get("content-type", "")
-            return response.status_code, response.read().decode()
+    with (
+        httpx.Client(cookies=cookies or {}, timeout=httpx.Timeout(5)) as client,
+        client.stream(method, url, headers=headers or {}) as response,
+    ):
+        assert "text/event-stream" not in response.headers.get("content-type", "")
+        return response.status_code, response.read().decode()
 
 
 @pytest.fixture
@@ -102,12 +104,14 @@ class TestEventStream:
     @pytest.mark.parametrize("case", list(REFUSED))
     def test_a_malformed_request_is_400(self, web_server, alice, bobs, case):
         query, headers = REFUSED[case](alice, bobs)
-        status, body = request_status("GET", f"{web_server}{EVENTS}?{urlencode(query)}", session_cookies(alice), headers)
+        url = f"{web_server}{EVENTS}?{urlencode(query)}"
+        status, body = request_status("GET", url, session_cookies(alice), headers)
         assert status == 400
         assert_nothing_of(bobs, body)
 
     def test_signed_out_is_403(self, web_server, bobs):
-        status, body = request_status("GET", f"{web_server}{EVENTS}?{urlencode({'channel': sse.channel_for(bobs.user.pk)})}")
+        query = urlencode({"channel": sse.channel_for(bobs.user.pk)})
+        status, body = request_status("GET", f"{web_server}{EVENTS}?{query}")
         assert status == 403
         assert_nothing_of(bobs, body)
 
@@ -124,7 +128,8 @@ class TestEventStream:
         _, key = cache.init_download(alice, "a.csv")
         url = f"{web_server}{EVENTS}"
         with stream(url, alice, wake=key) as reader:
-            cache.init_download(alice, "b.csv", name="x\r\n\r\nevent: stream-error\ndata: <img src=x onerror=alert(1)>\n\n")
+            hostile = "x\r\n\r\nevent: stream-error\ndata: <img src=x onerror=alert(1)>\n\n"
+            cache.init_download(alice, "b.csv", name=hostile)
             cache.set_percentage(key, 10)
             first, second = reader.next(), reader.next()
             assert reader.drain("stream-error", wait=0.3) == []
@@ -142,7 +147,8 @@ SOCKET_KEYS = {
     "other_user-key": lambda record: record["key"],
     "other_user-key-in-capitals": lambda record: record["key"].upper(),
     "unknown": lambda record: str(uuid.uuid4()),
-    **{f"malformed-{name}": (lambda value: lambda record: value)(value) for name, value in MALFORMED_KEYS.items()},
+    **{f"malformed-{name}": (lambda value: lambda record: value)(value)  # noqa: B023
+       for name, value in MALFORMED_KEYS.items()},
     "malformed-nul": lambda record: "\x00",
     "storage_path": lambda record: record["filepath"],
 }

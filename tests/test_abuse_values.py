@@ -158,7 +158,9 @@ def test_a_hostile_filename_stays_in_its_folder_and_is_sent_under_a_safe_name(cl
 
 @pytest.mark.parametrize("filename", HOSTILE_FILENAMES, ids=lambda name: repr(name[:40]))
 @pytest.mark.parametrize("mode, header", [("x-accel-redirect", "X-Accel-Redirect"), ("x-sendfile", "X-Sendfile")])
-def test_a_front_server_is_sent_to_the_file_in_its_folder(settings, client, alice, media, saved, filename, mode, header):
+def test_a_front_server_is_sent_to_the_file_in_its_folder(
+    settings, client, alice, media, saved, filename, mode, header
+):
     settings.ASYNC_DOWNLOADS_SENDFILE = mode
     settings.ASYNC_DOWNLOADS_SENDFILE_URL = "/protected/"
     record = saved(filename)
@@ -202,7 +204,8 @@ def hostile(alice, media):
     cache.save_download(keys["complete"], [["x"]])
     cache.set_error(keys["error"], NAME)
     cache.cancel_download(keys["cancelled"])
-    assert {state: cache.get_download(key)["state"] for state, key in keys.items()} == dict(zip(STATES, STATES))
+    states = {state: cache.get_download(key)["state"] for state, key in keys.items()}
+    assert states == {state: state for state in STATES}
     return {state: cache.get_download(key) for state, key in keys.items()}
 
 

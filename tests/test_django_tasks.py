@@ -142,7 +142,8 @@ class TestDatabaseWorkerProcess:
         assert record["state"] == "complete", record
         assert finished_result(squares, key).return_value == 20
         location = Path(settings.STORAGES["default"]["OPTIONS"]["location"])
-        assert (location / record["filepath"]).read_bytes() == b"n,square\n" + b"".join(b"%d,%d\n" % (n, n * n) for n in range(20))
+        expected = b"".join(b"%d,%d\n" % (n, n * n) for n in range(20))
+        assert (location / record["filepath"]).read_bytes() == b"n,square\n" + expected
 
     def test_a_task_raising_in_the_worker_marks_its_download_failed(self, db_worker, alice):
         _, key = start_download(alice, "broken.csv", raising)

@@ -1,6 +1,5 @@
 """The one publish step."""
 
-import logging
 import threading
 import time
 

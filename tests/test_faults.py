@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from async_downloads import cache
-from tests.processes import Publisher, PrivateRedis, child_env, start_uvicorn, start_worker, stop
+from tests.processes import PrivateRedis, Publisher, child_env, start_uvicorn, start_worker, stop
 from tests.sse_client import StreamReader, session_cookies
 from tests.testapp.tasks import ping, slow_export
 

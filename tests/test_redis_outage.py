@@ -5,7 +5,7 @@ import time
 import pytest
 
 from async_downloads import events
-from tests.processes import Publisher, PrivateRedis, child_env, start_uvicorn, stop
+from tests.processes import PrivateRedis, Publisher, child_env, start_uvicorn, stop
 from tests.sse_client import StreamReader, session_cookies
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -1,7 +1,6 @@
 """Retrying a failed or cancelled download started through the shortcut."""
 
 import datetime
-import time
 from pathlib import Path
 
 import pytest

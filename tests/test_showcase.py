@@ -59,7 +59,8 @@ class Elements(HTMLParser):
     def find(self, tag=None, **attrs):
         return [
             found for name, found in self.tags
-            if (tag is None or name == tag) and all(found.get(key.replace("_", "-")) == value for key, value in attrs.items())
+            if (tag is None or name == tag)
+            and all(found.get(key.replace("_", "-")) == value for key, value in attrs.items())
         ]
 
     def one(self, tag=None, **attrs):

@@ -240,7 +240,7 @@ class TestDelivery:
             return messages
 
         messages = run(body)
-        for percentage, message in zip((25, 50, 75), messages):
+        for percentage, message in zip((25, 50, 75), messages, strict=True):
             assert message.startswith(f'<li id="download-{key}"')
             assert f'aria-valuenow="{percentage}"' in message
         assert "report.csv is ready to download." in messages[3]
@@ -402,7 +402,9 @@ def ws_server(django_db_setup):
             self.process.wait()
 
         def start(self):
-            self.process, _ = start_uvicorn(port=self.port, app="tests.asgi_ws:application", ASYNC_DOWNLOADS_TEST_WS="1")
+            self.process, _ = start_uvicorn(
+                port=self.port, app="tests.asgi_ws:application", ASYNC_DOWNLOADS_TEST_WS="1"
+            )
 
     server = Server()
     yield server
