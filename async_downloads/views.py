@@ -10,7 +10,6 @@ from django.contrib.auth.decorators import login_required
 from django.core.files.storage import Storage
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import (
-    FileResponse,
     Http404,
     HttpRequest,
     HttpResponse,
@@ -25,7 +24,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST, require_safe
 from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
-from . import cache, files, partials
+from . import cache, files, partials, responses
 from .conf import settings
 
 if TYPE_CHECKING:
@@ -80,7 +79,7 @@ def _owned_download(request: HttpRequest, download_key: str) -> cache.Record:
 @signed_in
 @require_safe
 def download(request: HttpRequest, download_key: str) -> HttpResponseBase:
-    """Send the finished file of one of the user's own downloads."""
+    """Send the finished file of one of the user's own downloads (``responses.file_response``)."""
     record = _owned_download(request, download_key)
     if record["state"] != cache.COMPLETE:
         raise Http404("This download has no file.")
@@ -93,7 +92,8 @@ def download(request: HttpRequest, download_key: str) -> HttpResponseBase:
         handle = storage.open(record["filepath"], "rb")
     except FileNotFoundError:
         raise Http404("The file of this download is gone.") from None
-    return FileResponse(handle, as_attachment=True, filename=record["filename"])
+    # Streamed in bounded memory under ASGI and WSGI; resumable with Range requests.
+    return responses.file_response(request, handle, filename=record["filename"], version=record["key"])
 
 
 def _redirects_to_storage(storage: Storage) -> bool:
