@@ -23,10 +23,12 @@ import collections
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -44,7 +46,7 @@ import django  # noqa: E402
 from django.conf import settings  # noqa: E402 (read once REDIS_URL is settled, in prepare())
 from django.core.management import call_command  # noqa: E402
 
-from devtools.redis_server import DEFAULT_URL, answers, start_private_server  # noqa: E402
+from devtools.redis_server import DEFAULT_URL, answers, free_port  # noqa: E402
 from sample_site.shop.demo import DEMO_USERS, masked  # noqa: E402
 
 # Seconds. After SIGTERM, the worker's running exports get GRACE to finish before they are
@@ -66,6 +68,41 @@ if os.getppid() != int(sys.argv[1]):
     sys.exit(1)  # the parent has already gone
 os.execv(sys.argv[2], sys.argv[2:])
 """
+
+
+def dying_with_this_process(command):
+    """``command``, so that it gets SIGTERM when this process dies (Linux; elsewhere as it is)."""
+    if sys.platform.startswith("linux"):
+        return [sys.executable, "-S", "-c", EXEC_WITH_PDEATHSIG, str(os.getpid()), *command]
+    return command
+
+
+def start_private_redis(wait=10.0):
+    """``(url, process)`` of a ``redis-server`` on a free port, in a session of its own, that
+    stops with the demo (like ``devtools.redis_server.start_private_server``, and even if the
+    demo is killed)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        say("No Redis answers and redis-server is not installed. Install it (Debian/Ubuntu: apt-get install "
+            "redis-server; macOS: brew install redis) or set REDIS_URL to a Redis you can use.")
+        raise Stop(1)
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="async-downloads-redis-")  # nothing is saved there
+    process = subprocess.Popen(
+        dying_with_this_process([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--dir", workdir]),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    process.workdir = workdir
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + wait
+    while not answers(url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            say(f"redis-server did not start on port {port}.")
+            raise Stop(1)
+        time.sleep(0.05)
+    return url, process
 
 
 def say(*lines):
@@ -113,9 +150,7 @@ class Child:
         self.group_killed = False
 
     def start(self):
-        command = self.command
-        if sys.platform.startswith("linux"):
-            command = [sys.executable, "-S", "-c", EXEC_WITH_PDEATHSIG, str(os.getpid()), *command]
+        command = dying_with_this_process(self.command)
         self.tail.clear()
         self.ready.clear()
         self.group_killed = False
@@ -266,7 +301,7 @@ class Demo:
         self.private_redis = not answers(self.redis_url)
         if self.private_redis:
             say(f"No Redis answers at {masked(self.redis_url)}: starting a private redis-server for the demo.")
-            self.redis_url, self.redis_process = start_private_server()
+            self.redis_url, self.redis_process = start_private_redis()
         os.environ["REDIS_URL"] = self.redis_url
 
         django.setup()
@@ -478,6 +513,8 @@ class Demo:
             except subprocess.TimeoutExpired:
                 self.redis_process.kill()
                 self.redis_process.wait()
+        if self.redis_process is not None:
+            shutil.rmtree(self.redis_process.workdir, ignore_errors=True)
 
 
 def main(argv=None):
