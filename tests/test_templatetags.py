@@ -18,24 +18,46 @@ def render(source, user, **context):
     return Template("{% load async_downloads %}" + source).render(Context({"request": request, **context}))
 
 
-def test_head_emits_css_htmx_2_and_the_sse_extension_from_static_files(alice):
+def test_head_emits_css_htmx_2_the_sse_extension_and_the_tabs_script_from_static_files(alice):
     html = render("{% async_downloads_head %}", alice)
     assert html == (
         '<link rel="stylesheet" href="/static/async_downloads/async_downloads.css">'
         '<script src="/static/django_htmx/htmx-2.min.js" defer></script>'
         '<script src="/static/django_htmx/ext/hx-sse-2.min.js" defer></script>'
+        '<script src="/static/async_downloads/tabs.js" defer></script>'
     )
 
 
 def test_head_uses_the_csp_nonce(alice):
     html = render("{% async_downloads_head %}", alice, csp_nonce="n0nce")
-    assert html.count('nonce="n0nce"') == 2
+    assert html.count('nonce="n0nce"') == 3
+    assert '<script src="/static/async_downloads/tabs.js" defer nonce="n0nce"></script>' in html
 
 
 def test_polling_transport_needs_no_extension(settings, alice):
     settings.ASYNC_DOWNLOADS_TRANSPORT = "poll"
     html = render("{% async_downloads_head %}", alice)
-    assert "hx-sse" not in html and "htmx-2.min.js" in html
+    assert html == (
+        '<link rel="stylesheet" href="/static/async_downloads/async_downloads.css">'
+        '<script src="/static/django_htmx/htmx-2.min.js" defer></script>'
+        '<script src="/static/async_downloads/tabs.js" defer></script>'
+    )
+
+
+def test_ws_mode_needs_no_tabs_script(settings, alice):
+    settings.ASYNC_DOWNLOADS_WS_MODE = True  # the socket stays open in every tab
+    html = render("{% async_downloads_head %}", alice, csp_nonce="n0nce")
+    assert html == (
+        '<link rel="stylesheet" href="/static/async_downloads/async_downloads.css">'
+        '<script src="/static/django_htmx/htmx-2.min.js" defer nonce="n0nce"></script>'
+        '<script src="/static/django_htmx/ext/hx-ws-2.min.js" defer nonce="n0nce"></script>'
+    )
+
+
+def test_the_tabs_script_is_a_static_file_of_the_app():
+    from django.contrib.staticfiles import finders
+
+    assert finders.find("async_downloads/tabs.js")  # served like the stylesheet, nothing from a CDN
 
 
 def test_anonymous_users_get_no_centre_and_no_stream():

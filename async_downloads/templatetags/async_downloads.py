@@ -23,12 +23,25 @@ EXTENSIONS = {"sse": ["hx-sse"], "ws": ["hx-ws"], "poll": []}
 
 @register.simple_tag(takes_context=True)
 def async_downloads_head(context: Context) -> SafeString:
-    """The stylesheet, htmx 2 and the extension the transport needs, all from static files."""
+    """The stylesheet, htmx 2 and the extension the transport needs, all from static files.
+
+    With SSE or polling, also the script that tells the browser's other tabs when a
+    download starts (an idle tab holds no connection); WS mode keeps a socket open anyway.
+    """
+    name = transport()
+    nonce = context.get("csp_nonce")
     css = format_html('<link rel="stylesheet" href="{}">', static("async_downloads/async_downloads.css"))
-    scripts = htmx_script(
-        version=2, extensions=EXTENSIONS[transport()], nonce=context.get("csp_nonce")
-    )
+    scripts = htmx_script(version=2, extensions=EXTENSIONS[name], nonce=nonce)
+    if name != "ws":
+        scripts += _script_tag("async_downloads/tabs.js", nonce)
     return css + scripts
+
+
+def _script_tag(path: str, nonce: Any) -> SafeString:
+    """A deferred script from static files, as django-htmx writes its own (run in order, after htmx)."""
+    if nonce is None:
+        return format_html('<script src="{}" defer></script>', static(path))
+    return format_html('<script src="{}" defer nonce="{}"></script>', static(path), nonce)
 
 
 @register.simple_tag(takes_context=True)
