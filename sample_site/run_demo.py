@@ -320,6 +320,7 @@ class Demo:
     def start(self):
         self.log = Log(self.log_path)
         handler = LogHandler(self.log)
+        logging.captureWarnings(True)  # warnings too: the terminal shows the supervisor's lines only
         for logger in (logging.getLogger(), *map(logging.getLogger, logging.root.manager.loggerDict)):
             if logger is logging.getLogger() or logger.handlers:
                 logger.handlers = [handler]
