@@ -471,6 +471,13 @@ def bench_live(opts):
     return live.section()
 
 
+@section("download", "Serving a large download: memory and throughput with 4 clients")
+def bench_download(opts):
+    from bench import download
+
+    return download.section()
+
+
 @section("load", "Under load: 4 workers, 100 exports, 500 SSE clients on 2 web processes")
 def bench_load(opts):
     from bench import load

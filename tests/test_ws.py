@@ -233,17 +233,18 @@ class TestDelivery:
             await connected(alice_socket)
             assert bob_key in await connected(bob_socket)
             report_progress.apply_async((key,), {"steps": [25, 50, 75], "pause": 0}, queue=WS_QUEUE)
-            messages = [await alice_socket.receive_from(timeout=TIMEOUT) for _ in range(4)]
+            # Running once the worker starts the task, then each report, then the file.
+            messages = [await alice_socket.receive_from(timeout=TIMEOUT) for _ in range(5)]
             assert await bob_socket.receive_nothing(timeout=0.5)
             await alice_socket.disconnect()
             await bob_socket.disconnect()
             return messages
 
         messages = run(body)
-        for percentage, message in zip((25, 50, 75), messages, strict=True):
+        for percentage, message in zip((0, 25, 50, 75), messages[:4], strict=True):
             assert message.startswith(f'<li id="download-{key}"')
             assert f'aria-valuenow="{percentage}"' in message
-        assert "report.csv is ready to download." in messages[3]
+        assert "report.csv is ready to download." in messages[4]
         assert not any(bob_key in message for message in messages)
 
     def test_bob_gets_his_own_while_alice_is_connected(self, ws_worker, alice, bob, alice_cookie, bob_cookie):
@@ -255,6 +256,8 @@ class TestDelivery:
             await connected(alice_socket)
             await connected(bob_socket)
             report_progress.apply_async((bob_key,), {"steps": [40], "pause": 0}, queue=WS_QUEUE)
+            started = await bob_socket.receive_from(timeout=TIMEOUT)
+            assert 'aria-valuenow="0"' in row(started, bob_key)
             first = await bob_socket.receive_from(timeout=TIMEOUT)
             assert await alice_socket.receive_nothing(timeout=1)
             await alice_socket.disconnect()
