@@ -15,6 +15,7 @@ import time
 from typing import Any, Final
 
 from django.urls import NoReverseMatch, reverse
+from django.utils import translation
 
 from . import events, files, heartbeat, jobs, records, store
 from .conf import settings
@@ -73,14 +74,18 @@ def get_collection_key(user: Any) -> str:
 
 
 def init_download(user: Any, filename: str, name: str | None = None) -> tuple[str, str]:
-    """Record a new pending download; return ``(collection_key, download_key)``."""
+    """Record a new pending download; return ``(collection_key, download_key)``.
+
+    The active language (in a view, the request's) is kept with it: rows rendered for the
+    user in a worker are rendered in that language.
+    """
     pk = user_pk(user)
     collection_key = store.collection_key(pk)
     download_key = records.new_key()
     filename = files.safe_filename(filename)
     record = records.new_record(
         pk, download_key, filename, files.download_path(download_key, filename), name or filename,
-        settings.CSS_CLASS, settings.TIMEOUT,
+        settings.CSS_CLASS, settings.TIMEOUT, translation.get_language(),
     )
     store.create(record, collection_key)
     events.download_changed(record, events.CREATED)

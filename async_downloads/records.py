@@ -50,6 +50,8 @@ SAVE_FAILED: Final[Promise] = _("The file could not be saved. Please try again l
 TASK_FAILED: Final[Promise] = _("The export failed. Please try again.")
 STALLED: Final[Promise] = _("The export stopped responding.")
 LOST: Final[Promise] = _("Some downloads were lost while the server restarted. Please start them again.")
+#: The messages of this app that a record or a notice may hold (in the words of any language).
+MESSAGES: Final = (SAVE_FAILED, TASK_FAILED, STALLED, LOST)
 
 KEY_PATTERN: Final = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 
@@ -96,6 +98,9 @@ class Record(_RecordBase, total=False):
     beat: float
     #: The download has waited for a worker longer than ``ASYNC_DOWNLOADS_PENDING_WAIT``.
     waiting: bool
+    #: The language active when the download started (its user's): what is rendered
+    #: for the user outside a request, in a worker say, is rendered in it.
+    language: str
 
 
 class DownloadCancelled(Exception):
@@ -119,10 +124,11 @@ def new_key() -> str:
 
 
 def new_record(
-    user_id: Any, key: str, filename: str, filepath: str, name: str, css_class: str | None, timeout: float
+    user_id: Any, key: str, filename: str, filepath: str, name: str, css_class: str | None, timeout: float,
+    language: str | None = None,
 ) -> Record:
     now = time.time()
-    return {
+    record: Record = {
         "timestamp": timezone.now(),
         "filepath": filepath,
         "name": str(name),
@@ -139,6 +145,9 @@ def new_record(
         "updated": now,
         "expires": now + timeout,
     }
+    if language:
+        record["language"] = language
+    return record
 
 
 def can_move(record: Record, state: str) -> bool:
