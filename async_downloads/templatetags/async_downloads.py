@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from django import template
 from django.template import Context
@@ -10,7 +10,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
-from django.utils.translation import gettext
+from django.utils.translation import gettext, npgettext_lazy
 from django_htmx.jinja import htmx_script
 
 from async_downloads import partials, records
@@ -69,7 +69,20 @@ def download_age(moment: datetime) -> str:
     """"just now" for the first minute, then "5 minutes ago" and so on."""
     if (timezone.now() - moment).total_seconds() < 60:
         return gettext("just now")
-    return gettext("%(time)s ago") % {"time": timesince(moment)}
+    return gettext("%(time)s ago") % {"time": timesince(moment, time_strings=cast("dict[str, str]", AGE_UNITS))}
+
+
+#: Django's units of ``timesince``, in the grammatical case that "%(time)s ago" needs
+#: ("vor 2 Tagen", not Django's "2 Tage"), with a context of their own. Lazy plurals, as
+#: Django's are: ``timesince`` picks the form with ``% {"num": n}``.
+AGE_UNITS = {
+    "year": npgettext_lazy("download age", "%(num)d year", "%(num)d years", "num"),
+    "month": npgettext_lazy("download age", "%(num)d month", "%(num)d months", "num"),
+    "week": npgettext_lazy("download age", "%(num)d week", "%(num)d weeks", "num"),
+    "day": npgettext_lazy("download age", "%(num)d day", "%(num)d days", "num"),
+    "hour": npgettext_lazy("download age", "%(num)d hour", "%(num)d hours", "num"),
+    "minute": npgettext_lazy("download age", "%(num)d minute", "%(num)d minutes", "num"),
+}
 
 
 @register.filter
