@@ -14,10 +14,11 @@ import numbers
 import time
 from typing import Any, Final
 
+from django.core.exceptions import ImproperlyConfigured
 from django.urls import NoReverseMatch, reverse
 from django.utils import translation
 
-from . import events, files, heartbeat, jobs, records, store
+from . import events, files, heartbeat, jobs, records, store, writers
 from .conf import settings
 from .records import (
     CANCELLED,
@@ -322,8 +323,32 @@ def update_percentage(download_key: str, total: Any, cur: Any, resolution: Any =
 # --- Results ---------------------------------------------------------------------------------
 
 
-def save_download(download_key: str, iterable: Any = None, file: Any = None, encoding: str = "utf-8") -> None:
-    """Store the result of a download: rows as CSV (``iterable``) or a file object."""
+def save_download(
+    download_key: str,
+    iterable: Any = None,
+    file: Any = None,
+    encoding: str | None = None,
+    *,
+    format: str | None = None,
+    members: Any = None,
+    escape_formulas: bool | None = None,
+) -> None:
+    """Store the result of a download: rows (``iterable``), a file object, or a zip of ``members``.
+
+    Rows (the first is the header) are written in ``format`` ("csv", "jsonl" or
+    "ndjson", "xlsx"); without it, in the format the download's file name ends with
+    (.csv, .jsonl, .ndjson, .xlsx), else CSV. ``encoding`` is the CSV's
+    (``ASYNC_DOWNLOADS_CSV_ENCODING``, "utf-8", by default; "utf-8-sig" adds the BOM
+    Excel needs). ``members`` makes a zip: an iterable of ``(name, content)`` or
+    ``(name, content, format)`` (``async_downloads.writers.Member``), each content
+    rows, a file object, bytes or a str. ``escape_formulas`` (default
+    ``ASYNC_DOWNLOADS_ESCAPE_FORMULAS``) neutralises CSV and XLSX text cells that a
+    spreadsheet would take for a formula.
+
+    A failure marks the download as an error for its user and is logged. A format
+    that needs a package that is missing (XLSX without XlsxWriter) fails the
+    download before anything is written and raises ImproperlyConfigured.
+    """
     record = store.read(download_key)
     if record is None:
         _log_missing(download_key)
@@ -331,16 +356,18 @@ def save_download(download_key: str, iterable: Any = None, file: Any = None, enc
     if record["state"] in FINISHED:
         return
     try:
-        path = _write(record, iterable, file, encoding)
+        path = _write(record, iterable, file, encoding, format, members, escape_formulas)
     except DownloadCancelled:
         # Noticed by a progress report while the rows were written: keep no file.
         _discard_files(record["filepath"])
         return
-    except Exception:
+    except Exception as error:
         logger.exception("Saving download %s (%r) failed.", download_key, record["name"])
         # The part written is gone before anyone is told of the error.
         _discard_files(record["filepath"])
         _finish(download_key, ERROR, errors=str(SAVE_FAILED))
+        if isinstance(error, ImproperlyConfigured):
+            raise
         return
     _complete(download_key, path)
 
@@ -358,12 +385,23 @@ def _log_missing(download_key: str) -> None:
         logger.warning("save_download: download %s is unknown, expired or lost; nothing is saved.", download_key)
 
 
-def _write(record: Record, iterable: Any, file: Any, encoding: str) -> str:
+def _write(
+    record: Record, iterable: Any, file: Any, encoding: str | None, format: str | None, members: Any,
+    escape_formulas: bool | None,
+) -> str:
+    encoding = encoding or settings.CSV_ENCODING
+    escape = bool(settings.ESCAPE_FORMULAS if escape_formulas is None else escape_formulas)
+    if members is not None:
+        if iterable is not None or file is not None:
+            raise ValueError("save_download takes members (a zip) or rows or a file, not both.")
+        return files.write_zip(record["filepath"], members, encoding, escape)
     if iterable is not None:
-        return files.write_rows(record["filepath"], iterable, encoding)
+        row_format = writers.resolve_format(format, record["filename"])
+        writers.require(row_format)
+        return files.write_rows(record["filepath"], iterable, encoding, row_format, escape)
     if file is not None:
         return files.write_file(record["filepath"], file)
-    raise ValueError("save_download needs an iterable of rows or a file.")
+    raise ValueError("save_download needs an iterable of rows or a file (or members, for a zip).")
 
 
 def _complete(download_key: str, path: str) -> None:

@@ -34,6 +34,10 @@ DEFAULTS = {
     "WORKER_TIMEOUT": 45,
     "PENDING_WAIT": 30,
     "OUTAGE_WAIT": 30,
+    # Writing files (async_downloads.writers).
+    "CSV_ENCODING": "utf-8",
+    "ESCAPE_FORMULAS": False,
+    "TEMP_DIR": None,
 }
 
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import posixpath
 import tempfile
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 from django.core.files import File
 from django.core.files.storage import Storage, storages
 
+from . import writers
 from .conf import settings
 
 MAX_FILENAME_BYTES = 200
@@ -70,16 +69,63 @@ def download_path(download_key: str, filename: str) -> str:
     return posixpath.join(path_prefix(), download_key, filename)
 
 
-def write_rows(path: str, rows: Iterable[Iterable[Any]], encoding: str) -> str:
-    """Write ``rows`` as CSV to storage through a spooled temporary file."""
-    with tempfile.SpooledTemporaryFile(max_size=settings.IN_MEMORY_MAX_SIZE_BYTES) as raw:
-        text = io.TextIOWrapper(raw, encoding=encoding, newline="")
-        csv.writer(text, lineterminator="\n").writerows(rows)
-        text.flush()
-        raw.seek(0)
-        name = get_storage().save(path, File(raw, name=path))
-        text.detach()
-        return name
+def spooled() -> IO[bytes]:
+    """A temporary file kept in memory up to ``IN_MEMORY_MAX_SIZE_BYTES``, then on disk (in ``TEMP_DIR``)."""
+    return tempfile.SpooledTemporaryFile(max_size=settings.IN_MEMORY_MAX_SIZE_BYTES, dir=settings.TEMP_DIR)
+
+
+def write_rows(
+    path: str, rows: Iterable[Iterable[Any]], encoding: str, format: str = writers.CSV, escape_formulas: bool = False
+) -> str:
+    """Write ``rows`` in ``format`` (see ``writers``) to storage through a spooled temporary file."""
+    with spooled() as raw:
+        writers.write_rows(
+            raw, rows, format, encoding=encoding, escape_formulas=escape_formulas, tmpdir=settings.TEMP_DIR
+        )
+        return _save(path, raw)
+
+
+def write_zip(path: str, members: Iterable[Any], encoding: str, escape_formulas: bool = False) -> str:
+    """Write a zip of ``members`` (see ``writers.Member``) to storage through a spooled temporary file.
+
+    Member names are made safe as file names are, folder by folder ("a/b.csv" keeps
+    its folder; "..", empty and leading parts are dropped), and a repeated name gets
+    " (2)", " (3)"… before its extension.
+    """
+    with spooled() as raw:
+        writers.write_zip(
+            raw, _named(members), spool=spooled, encoding=encoding, escape_formulas=escape_formulas,
+            tmpdir=settings.TEMP_DIR,
+        )
+        return _save(path, raw)
+
+
+def _named(members: Iterable[Any]) -> Iterator[writers.Member]:
+    seen: set[str] = set()
+    for spec in members:
+        member = writers.as_member(spec)
+        yield member._replace(name=_unique(member_name(member.name), seen))
+
+
+def member_name(name: object) -> str:
+    """A safe name inside a zip: each folder and the file name made safe, no "..", no leading "/"."""
+    parts = str(name).replace("\\", "/").split("/")
+    return "/".join(safe_filename(part) for part in parts if part.strip(" .")) or FALLBACK_FILENAME
+
+
+def _unique(name: str, seen: set[str]) -> str:
+    stem, ext = os.path.splitext(name)
+    candidate, number = name, 1
+    while candidate.lower() in seen:
+        number += 1
+        candidate = f"{stem} ({number}){ext}"
+    seen.add(candidate.lower())
+    return candidate
+
+
+def _save(path: str, raw: IO[bytes]) -> str:
+    raw.seek(0)
+    return get_storage().save(path, File(raw, name=path))
 
 
 def write_file(path: str, file: IO[Any]) -> str:

@@ -1,8 +1,9 @@
 """Helpers that start a download's task and keep what is needed to cancel, retry and fail it.
 
 ``start_download`` starts any task (Celery, or Django's Tasks framework) for a
-new download; ``init_generic_csv_download`` and ``queryset_to_csv`` cover the
-most common case, a CSV export of a queryset.
+new download; ``init_generic_export`` and ``queryset_export`` cover the most
+common case, an export of a queryset (CSV, JSON Lines or XLSX), and
+``init_generic_csv_download`` and ``queryset_to_csv`` its CSV form.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import Any, TypeVar
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from . import jobs
+from . import jobs, writers
 from .cache import init_download, save_download, update_percentage
 
-__all__ = ["init_generic_csv_download", "queryset_to_csv", "start_download"]
+__all__ = ["init_generic_csv_download", "init_generic_export", "queryset_export", "queryset_to_csv", "start_download"]
 
 ITERATOR_CHUNK_SIZE = 2000
 PROGRESS_RESOLUTION = 10
@@ -26,35 +27,67 @@ HEARTBEAT_ROWS = 1000
 _Row = TypeVar("_Row")
 
 
+def queryset_export(
+    download_key: str,
+    header: Iterable[Any],
+    queryset: QuerySet[Any, _Row],
+    row_function: Callable[[_Row], Iterable[Any]],
+    format: str | None = None,
+    *,
+    encoding: str | None = None,
+    escape_formulas: bool | None = None,
+) -> None:
+    """Save ``queryset``, one ``row_function(obj)`` per object after ``header``, in ``format``.
+
+    ``format`` is "csv", "jsonl" or "xlsx"; without it, the download's file name
+    decides (.csv, .jsonl, .ndjson, .xlsx), else CSV (see ``cache.save_download``, which
+    also says what ``encoding`` and ``escape_formulas`` do). Rows are streamed from
+    the database with ``.iterator()`` and written through a spooled temporary file,
+    so memory stays bounded whatever the row count; progress is reported as the rows
+    go, at a cost of one comparison per row. A format whose package is missing (XLSX
+    without XlsxWriter) raises ImproperlyConfigured before the database is queried.
+    """
+    _check_queryset(queryset, "queryset_export")
+    rows = _rows_with_progress(download_key, header, queryset, row_function)
+    save_download(download_key, rows, encoding=encoding, format=format, escape_formulas=escape_formulas)
+
+
 def queryset_to_csv(
     download_key: str,
     header: Iterable[Any],
     queryset: QuerySet[Any, _Row],
     row_function: Callable[[_Row], Iterable[Any]],
-    encoding: str = "utf-8",
+    encoding: str | None = None,
 ) -> None:
     """Save ``queryset`` as CSV, one ``row_function(obj)`` per object, after ``header``.
 
-    Rows are streamed from the database with ``.iterator()`` and written through
-    a spooled temporary file, so memory stays bounded whatever the row count.
+    ``queryset_export`` with ``format="csv"``, whatever the file name.
     """
+    _check_queryset(queryset, "queryset_to_csv")
+    queryset_export(download_key, header, queryset, row_function, writers.CSV, encoding=encoding)
+
+
+def _check_queryset(queryset: Any, function: str) -> None:
     if not isinstance(queryset, QuerySet):
-        raise ValueError(
-            f"queryset_to_csv needs a QuerySet as its third argument, not {type(queryset).__name__}."
-        )
+        raise ValueError(f"{function} needs a QuerySet as its third argument, not {type(queryset).__name__}.")
+
+
+def _rows_with_progress(
+    download_key: str,
+    header: Iterable[Any],
+    queryset: QuerySet[Any, _Row],
+    row_function: Callable[[_Row], Iterable[Any]],
+) -> Iterator[Iterable[Any]]:
+    """``header``, then a row per object; the COUNT for the progress is made when the first row is asked for."""
     total = queryset.count()
-
-    def rows() -> Iterator[Iterable[Any]]:
-        yield header
-        report_at = 0
-        for index, obj in enumerate(queryset.iterator(chunk_size=ITERATOR_CHUNK_SIZE)):
-            if index >= report_at:
-                update_percentage(download_key, total, index, PROGRESS_RESOLUTION)
-                # Also every HEARTBEAT_ROWS rows, so that a slow step is not taken for a stall.
-                report_at = min(_next_report(index, total), index + HEARTBEAT_ROWS)
-            yield row_function(obj)
-
-    save_download(download_key, rows(), encoding=encoding)
+    yield header
+    report_at = 0
+    for index, obj in enumerate(queryset.iterator(chunk_size=ITERATOR_CHUNK_SIZE)):
+        if index >= report_at:
+            update_percentage(download_key, total, index, PROGRESS_RESOLUTION)
+            # Also every HEARTBEAT_ROWS rows, so that a slow step is not taken for a stall.
+            report_at = min(_next_report(index, total), index + HEARTBEAT_ROWS)
+        yield row_function(obj)
 
 
 def _next_report(index: int, total: int) -> int:
@@ -101,8 +134,23 @@ def init_generic_csv_download(task: Any, user: Any, name: str, *task_args: Any, 
     as by ``start_download`` (Celery or Django Tasks). Returns
     ``(collection_key, download_key)``.
     """
+    return init_generic_export(task, user, name, writers.CSV, *task_args, **task_kwargs)
+
+
+def init_generic_export(
+    task: Any, user: Any, name: str, format: str, *task_args: Any, **task_kwargs: Any
+) -> tuple[str, str]:
+    """``init_generic_csv_download`` for a file in ``format`` ("csv", "jsonl" or "xlsx").
+
+    The file name ends with the format's extension, so a task that calls
+    ``queryset_export`` (or ``save_download`` with rows) without a format writes
+    that one. An unknown format raises ValueError, and one whose package is missing
+    (XLSX without XlsxWriter) ImproperlyConfigured, before anything is created.
+    """
+    format = writers.resolve_format(format)
+    writers.require(format)
     now = _local_now()
-    filename = f"{name.replace(' ', '_')}_{now:%Y-%m-%d_%H-%M}.csv"
+    filename = f"{name.replace(' ', '_')}_{now:%Y-%m-%d_%H-%M}.{format}"
     return start_download(user, filename, task, task_args, task_kwargs, name=f"{name} {now:%Y-%m-%d}")
 
 
