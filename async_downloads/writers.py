@@ -66,7 +66,6 @@ XLSX_OPTIONS: Final = {
     "strings_to_formulas": False,
     "strings_to_numbers": False,
     "strings_to_urls": False,
-    "nan_inf_to_errors": True,  # NaN and infinities become #NUM! and #DIV/0! rather than failing
     "remove_timezone": True,  # for aware times (datetimes are converted first, see _XlsxWriter)
 }
 DATE_FORMAT: Final = "yyyy-mm-dd"
@@ -227,12 +226,21 @@ class _CsvWriter(_TextWriter):
     def __init__(self, out: IO[bytes], encoding: str, escape_formulas: bool) -> None:
         super().__init__(out, encoding)
         self.csv = csv.writer(self.text, lineterminator="\n")
+        self.quoted = csv.writer(self.text, lineterminator="\n", quoting=csv.QUOTE_ALL)
         self.escape = escape_formulas
 
     def write(self, rows: Iterable[Iterable[Any]]) -> None:
-        if self.escape:
-            rows = ([_escaped(value) for value in row] for row in rows)
-        self.csv.writerows(rows)
+        if not self.escape:
+            self.csv.writerows(rows)
+            return
+        for row in rows:
+            cells = [_escaped(value) for value in row]
+            if any(type(cell) is str and "\r" in cell for cell in cells):
+                # Python before 3.13 leaves a field with a carriage return unquoted, and a
+                # spreadsheet starts a new line there (with a formula, maybe): quote them all.
+                self.quoted.writerow(cells)
+            else:
+                self.csv.writerow(cells)
 
 
 class _JsonLinesWriter(_TextWriter):
@@ -299,8 +307,9 @@ class _XlsxWriter:
     """Typed cells: numbers, decimals (with their places), dates, datetimes, times, durations, booleans.
 
     Aware datetimes are converted to the current time zone and written without it
-    (Excel has none); naive ones as they are. Integers of more than 15 digits, UUIDs
-    and anything else are text, never a formula.
+    (Excel has none); naive ones as they are. None, NaN and infinities are empty
+    cells. Integers of more than 15 digits, UUIDs and anything else are text, never
+    a formula.
     """
 
     def __init__(self, out: IO[bytes], escape_formulas: bool, tmpdir: str | None) -> None:
@@ -377,13 +386,15 @@ class _XlsxWriter:
             sheet.write_string(row, col, str(value))
 
     def write_float(self, sheet: Any, row: int, col: int, value: float) -> None:
-        sheet.write_number(row, col, value)
+        if math.isfinite(value):  # NaN and infinities are left empty, as JSON Lines make them null
+            sheet.write_number(row, col, value)
 
     def write_bool(self, sheet: Any, row: int, col: int, value: bool) -> None:
         sheet.write_boolean(row, col, value)
 
     def write_decimal(self, sheet: Any, row: int, col: int, value: decimal.Decimal) -> None:
-        sheet.write_number(row, col, float(value), self.decimal_format(value))
+        if value.is_finite():
+            sheet.write_number(row, col, float(value), self.decimal_format(value))
 
     def decimal_format(self, value: decimal.Decimal) -> Any:
         """A number format that shows the decimal's places ("0.00" for Decimal("1.50"))."""
@@ -499,8 +510,13 @@ def _add(
     else:
         format = resolve_format(member.format, name)
         if format == XLSX:
+            require(XLSX)
             file = spool()
-            write_rows(file, content, XLSX, escape_formulas=escape, tmpdir=tmpdir)
+            try:
+                write_rows(file, content, XLSX, escape_formulas=escape, tmpdir=tmpdir)
+            except BaseException:
+                file.close()
+                raise
             stream.add(_file_chunks(file, close=True), name, size=_size(file), compress_type=zipfile.ZIP_STORED)
         else:
             stream.add(row_chunks(content, format, encoding=encoding, escape_formulas=escape), name)
