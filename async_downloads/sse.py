@@ -6,6 +6,7 @@ only; the stream view itself is ``async_downloads.stream.events``.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 from django.http import HttpRequest
@@ -21,13 +22,16 @@ __all__ = ["EVENT", "ChannelManager", "EventStorage", "channel_for", "send"]
 
 # An idle channel's event counter outlives its events, so that ids keep growing.
 COUNTER_TTL: Final = 7 * 24 * 60 * 60
+#: The markup's own whitespace: ASCII only, so that the no-break spaces of the text stay
+#: ("5\xa0minutes ago", the French "\xa0:", "12\u202f400" in French figures).
+WHITESPACE: Final = re.compile(r"\s+", re.ASCII)
 
 
 def send(pk: Any, html: str) -> None:
     """Push ``html`` to every open stream of user ``pk``, in any web process."""
     # One line of HTML is one `data:` line: less to store, publish, parse and
     # encode for every open stream than the template's indented lines.
-    send_event(channel_for(pk), EVENT, " ".join(html.split()), json_encode=False)
+    send_event(channel_for(pk), EVENT, WHITESPACE.sub(" ", html).strip(" "), json_encode=False)
 
 
 class ChannelManager(DefaultChannelManager):  # type: ignore[misc]  # django-eventstream is untyped
