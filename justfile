@@ -16,7 +16,7 @@ default:
 setup:
     uv sync --frozen --quiet
 
-# System packages the real-parts tests need: redis-server (when no Redis answers) and chromium.
+# System packages the real-parts tests need: redis-server (when no Redis answers), chromium, and gettext (the catalogue tests).
 system-deps:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -24,6 +24,7 @@ system-deps:
     # The outage and demo tests start redis-server themselves, even where a Redis already runs.
     if ! command -v redis-server >/dev/null; then need+=(redis-server); fi
     if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then need+=(chromium); fi
+    if ! command -v msgfmt >/dev/null || ! command -v xgettext >/dev/null; then need+=(gettext); fi
     if [ ${#need[@]} -eq 0 ]; then exit 0; fi
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "Installing ${need[*]} (apt-get)…"
@@ -64,6 +65,20 @@ coverage *args: setup system-deps
     COVERAGE_PROCESS_START="{{justfile_directory()}}/pyproject.toml" python -m coverage run -m pytest "$@"
     python -m coverage combine -q
     python -m coverage report
+
+# Update the translation catalogues (async_downloads/locale) from the app and the showcase sets, and compile them (`just messages it`: add Italian).
+messages *languages: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! command -v msgfmt >/dev/null; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gettext >/dev/null
+        else
+            echo "Please install GNU gettext (e.g. sudo apt-get install gettext)." >&2; exit 1
+        fi
+    fi
+    cd "{{justfile_directory()}}"
+    python -m devtools.messages "$@"
 
 # Benchmarks; writes bench/report.md and bench/report.json.
 bench *args: setup system-deps

@@ -21,6 +21,7 @@ from django.http import (
     HttpResponseForbidden,
     HttpResponseNotAllowed,
 )
+from django.utils.translation import gettext as _
 from django_eventstream.views import events as eventstream_events
 
 from . import cache, compat, store
@@ -35,7 +36,7 @@ async def events(request: HttpRequest) -> HttpResponseBase:
     """The user's event stream."""
     user = await request.auser()
     if not user.is_authenticated:
-        return HttpResponseForbidden("Sign in to receive download events.")
+        return HttpResponseForbidden(_("Sign in to receive download events."))
     if request.method != "GET":
         return HttpResponseNotAllowed(["GET"])
     problem = compat.unreadable_request(request)

@@ -20,6 +20,7 @@ from django.http import (
 )
 from django.template.loader import render_to_string
 from django.utils.http import content_disposition_header
+from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST, require_safe
 from django_htmx.http import HttpResponseStopPolling, trigger_client_event
@@ -55,7 +56,7 @@ def signed_in(
     @wraps(view)
     def wrapper(request: _Request, /, *args: _P.args, **kwargs: _P.kwargs) -> HttpResponseBase:
         if not request.user.is_authenticated and _from_script(request):
-            return HttpResponseForbidden("Sign in again to see your downloads.")
+            return HttpResponseForbidden(_("Sign in again to see your downloads."))
         return redirecting(request, *args, **kwargs)
 
     return wrapper
@@ -71,7 +72,7 @@ def _from_script(request: HttpRequest) -> bool:
 def _owned_download(request: HttpRequest, download_key: str) -> cache.Record:
     record = cache.get_user_download(request.user, download_key)
     if record is None:
-        raise Http404("No such download.")
+        raise Http404(_("No such download."))
     return record
 
 
@@ -82,7 +83,7 @@ def download(request: HttpRequest, download_key: str) -> HttpResponseBase:
     """Send the finished file of one of the user's own downloads (``responses.file_response``)."""
     record = _owned_download(request, download_key)
     if record["state"] != cache.COMPLETE:
-        raise Http404("This download has no file.")
+        raise Http404(_("This download has no file."))
     storage = files.get_storage()
     if str(settings.SENDFILE).lower() in SENDFILE_HEADERS:
         return _sendfile_response(storage, record)
@@ -91,7 +92,7 @@ def download(request: HttpRequest, download_key: str) -> HttpResponseBase:
     try:
         handle = storage.open(record["filepath"], "rb")
     except FileNotFoundError:
-        raise Http404("The file of this download is gone.") from None
+        raise Http404(_("The file of this download is gone.")) from None
     # Streamed in bounded memory under ASGI and WSGI; resumable with Range requests.
     return responses.file_response(request, handle, filename=record["filename"], version=record["key"])
 
@@ -145,7 +146,7 @@ def centre(request: HtmxHttpRequest) -> HttpResponse:
 def clear(request: HttpRequest, download_key: str) -> HttpResponse:
     """Clear one of the user's own downloads (record and file)."""
     if not cache.clear_download(download_key, user=request.user):
-        raise Http404("No such download.")
+        raise Http404(_("No such download."))
     return HttpResponse("")
 
 
@@ -154,7 +155,7 @@ def clear(request: HttpRequest, download_key: str) -> HttpResponse:
 def cancel(request: HttpRequest, download_key: str) -> HttpResponse:
     """Cancel one of the user's own pending or running downloads; answer with its row."""
     if not cache.cancel_download(download_key, user=request.user):
-        raise Http404("No such download in progress.")
+        raise Http404(_("No such download in progress."))
     return HttpResponse(partials.render_row(_owned_download(request, download_key)))
 
 
@@ -164,7 +165,7 @@ def retry(request: HttpRequest, download_key: str) -> HttpResponse:
     """Start a failed or cancelled download of the user's again; answer with the new row."""
     new_key = cache.retry_download(download_key, user=request.user)
     if new_key is None:
-        raise Http404("No such download to retry.")
+        raise Http404(_("No such download to retry."))
     response = HttpResponse(partials.render_row(_owned_download(request, new_key)))
     # An idle centre connects its stream at once.
     return trigger_client_event(response, "async-downloads:started")
@@ -179,7 +180,8 @@ def retry(request: HttpRequest, download_key: str) -> HttpResponse:
 def ajax_update(request: HttpRequest) -> JsonResponse:
     cache.fail_stalled(request.user)
     downloads = cache.get_downloads(request.user)
-    html = render_to_string(settings.DOWNLOAD_TEMPLATE, {"downloads": downloads}, request=request)
+    shown = [partials.localized(record) for record in downloads]
+    html = render_to_string(settings.DOWNLOAD_TEMPLATE, {"downloads": shown}, request=request)
     return JsonResponse(
         {
             "html": html,
@@ -209,7 +211,7 @@ def ajax_clear_download(request: HttpRequest) -> HttpResponse:
     """
     key = request.POST.get("download_key") or _key_from_path(request.POST.get("filepath", ""))
     if not cache.clear_download(key, user=request.user):
-        raise Http404("No such download.")
+        raise Http404(_("No such download."))
     return HttpResponse("")
 
 
