@@ -478,6 +478,13 @@ def bench_download(opts):
     return download.section()
 
 
+@section("formats", "Formats: XLSX and JSON Lines against bare loops, a zip of 50 members")
+def bench_formats(opts):
+    from bench import formats
+
+    return formats.section(opts.reps, lambda: run_worker("data"))
+
+
 @section("load", "Under load: 4 workers, 100 exports, 500 SSE clients on 2 web processes")
 def bench_load(opts):
     from bench import load
