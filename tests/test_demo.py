@@ -309,6 +309,55 @@ def check_timeline(timeline):
     assert timeline[-1]["link"] and not timeline[-1]["progress"], timeline
 
 
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_language_switch_turns_the_centre_and_what_the_worker_pushes_german(redis_url, sample_data, chromium,
+                                                                                tmp_path):
+    """The top bar's switch (Django's set_language); then an export finishes and a report runs in the
+    worker: the rows the worker pushes speak German, as the page does."""
+    with demo_processes.site("default", redis_url, database=sample_data["database"],
+                             var_dir=sample_data["var_dir"]) as site:
+        context = chromium.new_context(viewport={"width": 1200, "height": 800})
+        context.set_default_timeout(TIMEOUT * 1000)
+        page = context.new_page()
+        try:
+            log_in(page, site.url, USERNAME, PASSWORD)
+            with page.expect_navigation():
+                page.get_by_role("button", name="Deutsch", exact=True).click()
+            assert page.locator("html").get_attribute("lang") == "de"
+            assert page.get_by_role("button", name="Deutsch", exact=True).get_attribute("aria-current") == "true"
+
+            with page.expect_navigation():  # "Export 3.000 orders": the count in German figures
+                page.get_by_role("button", name=re.compile(r"^Export \S+ orders as CSV$")).click()
+            open_centre(page)
+            orders = page.locator(ROWS).filter(has_text="Orders")
+            orders.get_by_role("link", name="Herunterladen", exact=True).wait_for()
+            page.locator("#async-downloads-status", has_text="ist bereit zum Herunterladen.").wait_for(
+                state="attached")
+
+            with page.expect_navigation():
+                page.get_by_role("button", name=SLOW_REPORT, exact=True).click()
+            open_centre(page)
+            report = page.locator(ROWS).filter(has_text="Daily revenue")
+            bar = report.locator("[role=progressbar]")
+            # A percentage that moved after the page loaded came from the worker.
+            shown = bar.get_attribute("aria-valuenow") if bar.count() else None
+            report.locator(f"[role=progressbar][aria-valuenow]:not([aria-valuenow='{shown}'])").wait_for(
+                state="attached")
+            assert bar.get_attribute("aria-label").startswith("Fortschritt von Daily revenue")
+            report.get_by_role("button", name=re.compile(r"^Daily revenue.* abbrechen$")).click()
+            cancelled = page.locator(ROWS).filter(has_text="Daily revenue")
+            cancelled.get_by_text("Abgebrochen", exact=True).wait_for()
+            cancelled.get_by_role("button", name=re.compile(r"^Daily revenue.* erneut versuchen$")).wait_for()
+        except Exception:
+            with contextlib.suppress(Exception):
+                page.screenshot(path=tmp_path / "failure.png")
+            print(f"--- the site's output (screenshot: {tmp_path / 'failure.png'}) ---\n{site.output()}")
+            raise
+        finally:
+            context.close()
+
+
 # --- seeding ----------------------------------------------------------------------------------
 
 SEED_LINE = re.compile(r"Seeding orders \[[#-]{20}\] +(\d+)% ([\d,]+)/([\d,]+)")
