@@ -145,6 +145,8 @@ EVENTSTREAM_STORAGE_CONNECTION = connection_kwargs(REDIS_URL)
 EVENTSTREAM_CHANNELMANAGER_CLASS = "async_downloads.sse.ChannelManager"
 # Pub/sub ignores the db number: this prefix keeps the site's channels apart from other sites'.
 ASYNC_DOWNLOADS_WS_CHANNEL_NAME = "sample-downloads"
+# Customers type their own names: exports opened in a spreadsheet must not run them as formulas.
+ASYNC_DOWNLOADS_ESCAPE_FORMULAS = True
 
 LOGGING = {
     "version": 1,

@@ -8,18 +8,22 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from async_downloads.shortcuts import init_generic_csv_download, start_download
+from async_downloads.shortcuts import init_generic_csv_download, init_generic_export, start_download
 
 from . import tasks
 from .forms import OrderFilterForm
 from .models import Order
 
 PREVIEW_ROWS = 15
+# The formats the orders can be exported in (the form's format button): value -> label.
+ORDER_FORMATS = {"csv": "CSV", "xlsx": "XLSX", "jsonl": "JSON Lines"}
 
-# kind in the URL: (task, file name, name shown in the download centre), started with
-# start_download, which keeps the task in the record: it can be cancelled and retried.
+# kind in the URL: (task, file name, name shown in the download centre, task keyword arguments),
+# started with start_download, which keeps the task in the record: it can be cancelled and retried.
 EXPORTS = {
-    "top-customers": (tasks.export_top_customers, "top-50-customers.zip", "Top 50 customers (zip)"),
+    "top-customers": (tasks.export_top_customers, "top-50-customers.zip", "Top 50 customers (zip)", {}),
+    "top-customers-xlsx": (tasks.export_top_customers, "top-50-customers-xlsx.zip", "Top 50 customers (zip of XLSX)",
+                           {"member_format": "xlsx"}),
 }
 # kind in the URL: (task, name), started with init_generic_csv_download, which keeps the task
 # in the record: these can be retried once they failed or were cancelled.
@@ -41,6 +45,7 @@ def exports(request):
         "params": form.params() if form.is_bound and form.is_valid() else {},
         "count": orders.count(),
         "preview": orders[:PREVIEW_ROWS],
+        "other_formats": {value: label for value, label in ORDER_FORMATS.items() if value != "csv"},
     }
     return render(request, "shop/exports.html", context)
 
@@ -53,7 +58,11 @@ def export_orders(request):
         messages.error(request, "The filter is not valid, so nothing was exported.")
         return redirect("shop:exports")
     name = f"Orders ({form.describe()})" if form.describe() else "Orders"
-    init_generic_csv_download(tasks.export_orders, request.user, name, form.params())
+    file_format = request.POST.get("format", "csv")
+    if file_format not in ORDER_FORMATS:
+        raise Http404("No such format.")
+    # The file name ends with the format's extension: the task's queryset_export writes that format.
+    init_generic_export(tasks.export_orders, request.user, name, file_format, form.params())
     messages.success(request, f"{name}: export started. Follow it under Downloads.")
     query = urlencode(form.params())
     return redirect(f"{reverse('shop:exports')}?{query}" if query else reverse("shop:exports"))
@@ -66,8 +75,8 @@ def start_export(request, kind):
         task, name = CSV_REPORTS[kind]
         init_generic_csv_download(task, request.user, name)
     elif kind in EXPORTS:
-        task, filename, name = EXPORTS[kind]
-        start_download(request.user, filename, task, name=name)
+        task, filename, name, kwargs = EXPORTS[kind]
+        start_download(request.user, filename, task, kwargs=kwargs, name=name)
     else:
         raise Http404("No such export.")
     messages.success(request, f"{name}: export started. Follow it under Downloads.")
