@@ -393,8 +393,9 @@ class _XlsxWriter:
         sheet.write_boolean(row, col, value)
 
     def write_decimal(self, sheet: Any, row: int, col: int, value: decimal.Decimal) -> None:
-        if value.is_finite():
-            sheet.write_number(row, col, float(value), self.decimal_format(value))
+        number = float(value)
+        if math.isfinite(number):  # NaN, infinities and decimals past a float's range are left empty
+            sheet.write_number(row, col, number, self.decimal_format(value))
 
     def decimal_format(self, value: decimal.Decimal) -> Any:
         """A number format that shows the decimal's places ("0.00" for Decimal("1.50"))."""

@@ -6,6 +6,8 @@ the calls that made them.
 
 import csv
 import datetime
+import enum
+import fractions
 import io
 import json
 import sys
@@ -17,6 +19,7 @@ import openpyxl
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
+from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy
 
 from async_downloads import writers
@@ -216,17 +219,32 @@ class TestXlsx:
         assert (paris, naive) == (datetime.datetime(2026, 7, 1, 14, 0), datetime.datetime(2026, 7, 1, 12, 0))
 
     def test_times_durations_and_other_values(self):
-        rows = [["time", "duration", "lazy", "fraction", "huge", "nan"],
+        rows = [["time", "duration", "lazy", "fraction", "huge", "nan", "too big"],
                 [datetime.time(8, 15), datetime.timedelta(hours=30), gettext_lazy("Paid"), Decimal("1E+3"), 10**15,
-                 float("nan")]]
+                 float("nan"), Decimal("1E+400")]]
         sheet = workbook(written(rows, "xlsx")).active
-        time, duration, lazy, fraction, huge, nan = sheet[2]
+        time, duration, lazy, fraction, huge, nan, too_big = sheet[2]
+        assert too_big.value is None
         assert time.value == datetime.time(8, 15) and time.number_format == "hh:mm:ss"
         assert duration.value == datetime.timedelta(hours=30) and duration.number_format == "[h]:mm:ss"
         assert (lazy.value, lazy.data_type) == ("Paid", "s")
         assert (fraction.value, fraction.data_type, fraction.number_format) == (1000, "n", "General")
         assert (huge.value, huge.data_type) == (str(10**15), "s")  # more digits than Excel keeps: text, whole
         assert nan.value is None  # as JSON Lines make it null
+
+    def test_subclasses_are_written_as_their_base_type(self):
+        class Stamp(datetime.datetime):
+            pass
+
+        class Level(enum.IntEnum):
+            HIGH = 3
+
+        rows = [["stamp", "level", "fraction", "text"],
+                [Stamp(2026, 1, 2, 3, 4, 5), Level.HIGH, fractions.Fraction(1, 4), SafeString("=safe")]]
+        stamp, level, fraction, text = workbook(written(rows, "xlsx")).active[2]
+        assert (stamp.value, stamp.number_format) == (datetime.datetime(2026, 1, 2, 3, 4, 5), "yyyy-mm-dd hh:mm:ss")
+        assert (level.value, level.data_type, fraction.value, fraction.data_type) == (3, "n", 0.25, "n")
+        assert (text.value, text.data_type) == ("=safe", "s")
 
     def test_no_formula_is_ever_written_from_data(self):
         data = written([["x", *HOSTILE], ["=1+1", *HOSTILE]], "xlsx")
@@ -348,6 +366,37 @@ class TestZip:
         with open(text, encoding="utf-8") as handle:
             archive = self.written_zip([("b.bin", buffer), ("t.txt", handle)])
         assert (archive.read("b.bin"), archive.read("t.txt")) == (b"0123456789", "ünï\n".encode())
+
+    def test_a_stream_that_cannot_seek(self):
+        class Pipe(io.RawIOBase):
+            def __init__(self, data):
+                self.data = io.BytesIO(data)
+
+            def readable(self):
+                return True
+
+            def readinto(self, buffer):
+                chunk = self.data.read(len(buffer))
+                buffer[: len(chunk)] = chunk
+                return len(chunk)
+
+        archive = self.written_zip([("pipe.bin", io.BufferedReader(Pipe(b"x" * 300_000)))])
+        assert archive.read("pipe.bin") == b"x" * 300_000
+
+    def test_an_xlsx_member_that_fails_midway_closes_its_spooled_file(self):
+        spools = []
+
+        def spool():
+            spools.append(io.BytesIO())
+            return spools[-1]
+
+        def rows():
+            yield ["n"]
+            raise ConnectionError("database went away")
+
+        with pytest.raises(ConnectionError):
+            writers.write_zip(io.BytesIO(), [("a.xlsx", rows())], spool=spool)
+        assert [file.closed for file in spools] == [True]
 
     def test_no_members_is_an_empty_zip(self):
         assert self.written_zip([]).namelist() == []
