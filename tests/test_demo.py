@@ -9,7 +9,9 @@ media folder, seeded with a small dataset so that the whole file stays quick.
 
 import contextlib
 import csv
+import datetime
 import importlib.util
+import io
 import json
 import os
 import re
@@ -307,6 +309,58 @@ def check_timeline(timeline):
         # from then on, so the bar must have moved.
         assert len(set(values)) >= 2, f"No progress seen: {timeline}"
     assert timeline[-1]["link"] and not timeline[-1]["progress"], timeline
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_orders_as_xlsx_and_json_lines_and_a_zip_of_xlsx(redis_url, sample_data, chromium, tmp_path):
+    """The format buttons next to the CSV one: the same filtered orders, typed, in each format."""
+    import openpyxl
+
+    params = FILTERS["toast"]
+    expected = sample_data["expected"]["toast"]
+    with demo_processes.site("default", redis_url, database=sample_data["database"],
+                             var_dir=sample_data["var_dir"]) as site:
+        context = chromium.new_context(accept_downloads=True, viewport={"width": 1200, "height": 800})
+        context.set_default_timeout(TIMEOUT * 1000)
+        page = context.new_page()
+        try:
+            log_in(page, site.url, USERNAME, PASSWORD)
+            page.goto(f"{site.url}/?{urlencode(params)}")
+            saved = {}
+            for label, extension in (("as XLSX", "xlsx"), ("as JSON Lines", "jsonl"), ("Export zip of XLSX", "zip")):
+                with page.expect_navigation():
+                    page.get_by_role("button", name=label, exact=True).click()
+                open_centre(page)
+                # One more row with a link than before; the newest row comes first.
+                finished = page.locator(ROWS).filter(has=page.locator(LINK))
+                finished.nth(len(saved)).wait_for(state="visible")
+                with page.expect_download() as info:
+                    finished.first.locator(LINK).click()
+                assert info.value.suggested_filename.endswith(f".{extension}"), info.value.suggested_filename
+                saved[extension] = tmp_path / info.value.suggested_filename
+                info.value.save_as(saved[extension])
+        except Exception:
+            print(f"--- the site's output ---\n{site.output()}")
+            raise
+        finally:
+            context.close()
+
+    sheet = openpyxl.load_workbook(saved["xlsx"]).active
+    header, *rows = list(sheet.iter_rows(values_only=True))
+    assert list(header) == ORDER_HEADER and len(rows) == expected
+    for row in rows:  # typed cells: numbers, a date, a decimal total (read back as int when whole)
+        assert isinstance(row[0], int) and isinstance(row[1], datetime.datetime), row
+        assert isinstance(row[8], (int, float)) and row[9] == STATUS_LABELS[params["status"]], row
+    lines = saved["jsonl"].read_text(encoding="utf-8").splitlines()
+    assert len(lines) == expected
+    first = json.loads(lines[0])
+    assert list(first) == ORDER_HEADER and isinstance(first["order"], int) and isinstance(first["total"], str)
+    with zipfile.ZipFile(saved["zip"]) as archive:
+        names = archive.namelist()
+        workbook = openpyxl.load_workbook(io.BytesIO(archive.read(names[0])))
+    assert len(names) == 50 and all(re.fullmatch(r"\d\d-[a-z0-9-]+\.xlsx", name) for name in names)
+    assert [cell.value for cell in workbook.active[1]] == ORDER_HEADER
 
 
 @pytest.mark.browser
