@@ -10,6 +10,7 @@ import enum
 import fractions
 import io
 import json
+import os
 import sys
 import uuid
 import zipfile
@@ -286,6 +287,16 @@ class TestXlsx:
 
     def test_no_rows_is_a_workbook_with_an_empty_sheet(self):
         assert values(workbook(written([], "xlsx")).active) == []
+
+    def test_xlsxwriter_keeps_a_sheets_rows_in_the_file_we_close_on_failure(self, tmp_path):
+        """The upstream attribute that ``_XlsxWriter.abandon`` closes (XlsxWriter's constant_memory mode)."""
+        import xlsxwriter
+
+        book = xlsxwriter.Workbook(io.BytesIO(), {"constant_memory": True, "tmpdir": str(tmp_path)})
+        sheet = book.add_worksheet()
+        assert not sheet.row_data_fh.closed and os.path.dirname(sheet.row_data_filename) == str(tmp_path)
+        book.close()
+        assert list(tmp_path.iterdir()) == []
 
     def test_temporary_files_are_removed_when_done_and_when_rows_fail(self, tmp_path):
         def failing():
