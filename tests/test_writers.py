@@ -295,7 +295,13 @@ class TestXlsx:
         book = xlsxwriter.Workbook(io.BytesIO(), {"constant_memory": True, "tmpdir": str(tmp_path)})
         sheet = book.add_worksheet()
         assert not sheet.row_data_fh.closed and os.path.dirname(sheet.row_data_filename) == str(tmp_path)
+        sheet.write_number(0, 0, 1)
         book.close()
+        assert sheet.row_data_fh.closed
+
+    def test_an_empty_workbook_leaves_no_temporary_file(self, tmp_path):
+        # XlsxWriter leaves the rows file of a sheet with no cells behind: the workbook's own folder goes.
+        assert values(workbook(written([], "xlsx", tmpdir=str(tmp_path))).active) == []
         assert list(tmp_path.iterdir()) == []
 
     def test_temporary_files_are_removed_when_done_and_when_rows_fail(self, tmp_path):
