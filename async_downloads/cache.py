@@ -372,10 +372,11 @@ def save_download(
     _complete(download_key, path)
 
 
-def _log_missing(download_key: str) -> None:
+def _log_missing(download_key: str, existed: bool = False) -> None:
+    """Log why there is no record to save a file for (``existed``: there was one when saving began)."""
     if store.was_cleared(download_key):
         logger.info("save_download: download %s was cleared by its user; nothing is saved.", download_key)
-    elif heartbeat.heartbeats.runs_here(download_key):
+    elif existed or heartbeat.heartbeats.runs_here(download_key):
         logger.warning(
             "save_download: the record of download %s was lost while its task ran (the cache server restarted "
             "without its data, was flushed, or evicted it); its user no longer sees it, and nothing is saved.",
@@ -409,8 +410,10 @@ def _complete(download_key: str, path: str) -> None:
         download_key, COMPLETE, filepath=path, url=_file_url(download_key), expires=time.time() + settings.TIMEOUT
     )
     if record is None:
-        # Cleared (or cancelled) while the file was being written: keep no file.
+        # Cancelled, cleared or lost while the file was being written: keep no file.
         _discard_files(path)
+        if store.read(download_key) is None:
+            _log_missing(download_key, existed=True)
         return
     store.extend_collection(store.collection_key(record["user_id"]), record["expires"])
     events.download_changed(record, events.COMPLETED)

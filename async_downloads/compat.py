@@ -168,6 +168,17 @@ async def close_listener(listener: RedisListener) -> None:
         pass
 
 
+def deliver_here(channel: str, event: Event) -> None:
+    """Hand ``event`` to the open streams of ``channel`` in this process, without Redis pub/sub.
+
+    Upstream behaviour: its Redis listener passes each published message to
+    ``ListenerManager.add_to_queues``, which queues it for the streams of this
+    process and wakes them (thread-safe). A message published while the listener
+    is not subscribed (redis-py reconnecting after a restart) reaches nobody.
+    """
+    get_listener_manager().add_to_queues(channel, event)
+
+
 def wake_all_streams(manager: ListenerManager) -> int:
     """Make every open stream of this process re-read the storage from its last id.
 

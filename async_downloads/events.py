@@ -51,7 +51,9 @@ def download_changed(record: Record, kind: str) -> None:
         _resync.add(pk)
 
 
-def publish(pk: Any, record: Record | None = None, kind: str | None = None, notice: str = "") -> None:
+def publish(
+    pk: Any, record: Record | None = None, kind: str | None = None, notice: str = "", here_only: bool = False
+) -> None:
     """Render and send what ``kind`` happened to ``record`` means to the user's pages.
 
     Progress (``UPDATED``) is rendered from ``record``: ``set_percentage`` publishes it
@@ -60,6 +62,8 @@ def publish(pk: Any, record: Record | None = None, kind: str | None = None, noti
     lock: a process that read an older list (two downloads finishing at once in two
     workers, a worker's progress racing a cancel) can never send it after a newer one.
     ``notice`` is a message for the user shown with the list (``records.LOST``, say).
+    ``here_only`` sends to the pages open in this process only, where the transport
+    can (SSE: not through Redis pub/sub).
     """
     pusher = PUSHERS.get(transport())
     if pusher is None:
@@ -67,8 +71,9 @@ def publish(pk: Any, record: Record | None = None, kind: str | None = None, noti
     if kind == UPDATED:
         pusher.send(pk, partials.render_message(pk, record, kind))
         return
+    send = pusher.send_here if here_only and pusher is sse else pusher.send
     with store.locked(f"{store.collection_key(pk)}:publish"):
-        pusher.send(pk, partials.render_message(pk, record, kind, notice=notice))
+        send(pk, partials.render_message(pk, record, kind, notice=notice))
 
 
 class _Resync:

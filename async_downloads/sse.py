@@ -13,12 +13,13 @@ from django.http import HttpRequest
 from django_eventstream import send_event
 from django_eventstream.channelmanager import DefaultChannelManager
 from django_eventstream.event import Event
+from django_eventstream.utils import get_storage
 
 from . import compat
 from .channels import EVENT, channel_for, channel_prefix
 from .conf import settings
 
-__all__ = ["EVENT", "ChannelManager", "EventStorage", "channel_for", "send"]
+__all__ = ["EVENT", "ChannelManager", "EventStorage", "channel_for", "send", "send_here"]
 
 # An idle channel's event counter outlives its events, so that ids keep growing.
 COUNTER_TTL: Final = 7 * 24 * 60 * 60
@@ -32,6 +33,19 @@ def send(pk: Any, html: str) -> None:
     # One line of HTML is one `data:` line: less to store, publish, parse and
     # encode for every open stream than the template's indented lines.
     send_event(channel_for(pk), EVENT, WHITESPACE.sub(" ", html).strip(" "), json_encode=False)
+
+
+def send_here(pk: Any, html: str) -> None:
+    """Store ``html`` as an event of user ``pk`` and hand it to this process's open streams only.
+
+    For what only this process's pages need, such as their resync after the
+    event bus was away: it must not depend on the Redis listener having
+    subscribed again. The stored event replays to pages that reconnect.
+    """
+    channel, data = channel_for(pk), " ".join(html.split())
+    storage = get_storage()
+    event = storage.append_event(channel, EVENT, data) if storage is not None else Event(channel, EVENT, data)
+    compat.deliver_here(channel, event)
 
 
 class ChannelManager(DefaultChannelManager):  # type: ignore[misc]  # django-eventstream is untyped

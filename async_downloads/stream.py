@@ -29,7 +29,8 @@ from .watch import resync_open_pages, while_open
 
 logger = logging.getLogger(__name__)
 
-RETRY_DELAYS: Final = (0.2, 0.5, 1, 2, 3)
+# Attempts to reach Redis again: soon at first, then every second (a failed attempt costs little).
+RETRY_DELAYS: Final = (0.2, 0.5, 1)
 
 
 async def events(request: HttpRequest) -> HttpResponseBase:

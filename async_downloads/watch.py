@@ -69,16 +69,24 @@ class Watching:
                 if not self.pages:
                     self.thread = None
                     return
+            self.check_cache_server()
             if time.monotonic() - last >= sweep_interval():
                 self.sweep()
                 last = time.monotonic()
 
-    def sweep(self) -> None:
+    def check_cache_server(self) -> None:
+        """Every tick (one read): pages learn within seconds that the cache server lost its data.
+
+        redis-py may ride out a short restart of the event bus without the listener
+        noticing, so this does not wait for it.
+        """
         try:
-            if store.data_lost():  # the cache server restarted without its data, or was flushed
+            if store.data_lost():
                 resync_open_pages(lost=True)
         except Exception:
             logger.warning("Could not check whether the cache server lost its data.", exc_info=True)
+
+    def sweep(self) -> None:
         for pk in self.users():
             try:
                 cache.fail_stalled(pk)
@@ -105,7 +113,7 @@ def resync_open_pages(lost: bool | None = None) -> int:
     users = watching.users()
     for pk in users:
         try:
-            events.publish(pk, notice=notice)
+            events.publish(pk, notice=notice, here_only=True)
         except Exception:
             logger.warning("Could not resend the downloads of user %s.", pk, exc_info=True)
     return len(users)

@@ -153,12 +153,15 @@ CELERY_TASK_ROUTES = {"tests.testapp.tasks.queued_elsewhere": {"queue": ELSEWHER
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
-LOGGING = {
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"null": {"class": "logging.NullHandler"}},
     "loggers": {"async_downloads": {"handlers": ["null"], "propagate": True}},
 }
+if os.environ.get("ASYNC_DOWNLOADS_TEST_LOG"):  # a process's own log on stderr, when debugging a test
+    LOGGING["handlers"]["stderr"] = {"class": "logging.StreamHandler"}
+    LOGGING["loggers"]["async_downloads"] = {"handlers": ["stderr"], "level": "DEBUG", "propagate": False}
 
 if os.environ.get("ASYNC_DOWNLOADS_TEST_CHILD"):
     # Worker and server processes started by a test use the database that pytest made.

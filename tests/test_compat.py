@@ -141,6 +141,26 @@ class TestListener:
 
         assert asyncio.run(deliver()) == ["<p>live</p>"]
 
+    def test_delivering_here_queues_for_this_processs_streams_only(self):
+        from django_eventstream.event import Event
+
+        manager = views.get_listener_manager()
+
+        async def deliver():
+            stream = views.Listener()
+            stream.assign_loop()
+            stream.channels = {"compat-here"}
+            manager.add_listener(stream)
+            try:
+                event = Event("compat-here", "downloads", "<p/>", id=7)
+                await asyncio.to_thread(compat.deliver_here, "compat-here", event)
+                await asyncio.wait_for(stream.aevent.wait(), 5)
+                return [(item.id, item.data) for item in stream.channel_items["compat-here"]]
+            finally:
+                manager.remove_listener(stream)
+
+        assert asyncio.run(deliver()) == [(7, "<p/>")]
+
     def test_waking_all_streams_makes_them_reread_the_storage(self):
         manager = views.get_listener_manager()
 

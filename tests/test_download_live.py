@@ -89,7 +89,9 @@ class TestASGI:
         assert response.headers["etag"] == f'"{record["key"]}-{SIZE}"'
         assert response.headers["content-disposition"] == 'attachment; filename="data.bin"'
         assert "no-cache" in response.headers["cache-control"]
-        assert open_descriptors(server[0].pid, storage_path(record)) == []
+        # Closed once the server's iterator ends, a moment after the client has the last byte.
+        wait_until(lambda: open_descriptors(server[0].pid, storage_path(record)) == [], timeout=10,
+                   what="the file to be closed")
 
     @pytest.mark.parametrize(
         "header, start, stop",

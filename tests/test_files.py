@@ -332,7 +332,7 @@ class TestFailures:
         key = "00000000-0000-4000-8000-000000000000"
         cache.save_download(key, [["x"]])
         assert not (media / "downloads").exists()
-        assert "unknown, cleared or expired" in caplog.text
+        assert "is unknown, expired or lost; nothing is saved" in caplog.text
 
     def test_saving_twice_keeps_the_first_file(self, start, media):
         key = start()

@@ -284,6 +284,19 @@ class TestHeartbeats:
         lost = [r for r in caplog.records if r.levelname == "WARNING" and "was lost while its task ran" in r.message]
         assert len(lost) == 2, caplog.text  # once by the beat, once by save_download
 
+    def test_a_record_lost_while_the_file_is_written_is_logged_and_no_file_kept(self, alice, caplog, media):
+        _, key = cache.init_download(alice, "orders.csv")
+
+        def rows():
+            yield ["n"]
+            store.get_cache().delete(key)  # the cache server loses it mid-export
+            yield [1]
+
+        cache.save_download(key, rows())
+        assert cache.get_download(key) is None
+        assert not (media / "downloads" / key).exists()
+        assert [r.levelname for r in caplog.records if "was lost while its task ran" in r.message] == ["WARNING"]
+
     def test_a_cleared_download_is_not_called_lost(self, alice, caplog):
         caplog.set_level(logging.INFO, logger="async_downloads")
         key = beating(alice)
@@ -339,7 +352,8 @@ def test_open_pages_are_resent_with_a_notice_after_the_cache_server_lost_its_dat
     from async_downloads import sse
 
     sent = []
-    monkeypatch.setattr(sse, "send", lambda pk, html: sent.append((pk, html)))
+    # Straight to this process's streams: not through Redis pub/sub, which may not be subscribed yet.
+    monkeypatch.setattr(sse, "send_here", lambda pk, html: sent.append((pk, html)))
     monkeypatch.setattr(watch, "watching", watch.Watching())
     watch.watching.pages.update({alice.pk: 1, bob.pk: 2})
     store.data_lost()
