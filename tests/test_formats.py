@@ -9,6 +9,7 @@ import datetime
 import io
 import json
 import sys
+import tempfile
 import time
 import zipfile
 from decimal import Decimal
@@ -150,6 +151,34 @@ class TestCsvEncoding:
         other = start("other.jsonl")
         cache.save_download(other, typed_rows(3))
         assert not stored(media, other).startswith(BOM)  # JSON Lines are plain UTF-8
+
+
+class TestTempDir:
+    def test_spooled_files_and_xlsxwriters_go_to_the_setting(self, settings, start, media, tmp_path):
+        tmp_path = tmp_path / "tmp"
+        tmp_path.mkdir()
+        settings.ASYNC_DOWNLOADS_TEMP_DIR = str(tmp_path)
+        settings.ASYNC_DOWNLOADS_IN_MEMORY_MAX_SIZE_BYTES = 1000
+        seen = []
+
+        def rows():
+            yield from typed_rows(300)
+            seen.extend(sorted(path.name for path in tmp_path.iterdir()))
+
+        key = start("big.xlsx")
+        cache.save_download(key, rows())
+        assert cache.get_download(key)["state"] == "complete"
+        assert len(seen) == 1 and seen[0].startswith("async-downloads-xlsx-")  # XlsxWriter's rows, in there
+        assert list(tmp_path.iterdir()) == []
+
+    def test_a_large_csv_spools_there(self, settings, start, media, tmp_path, monkeypatch):
+        settings.ASYNC_DOWNLOADS_TEMP_DIR = str(tmp_path)
+        made = []
+        real = tempfile.SpooledTemporaryFile
+        monkeypatch.setattr(tempfile, "SpooledTemporaryFile", lambda *a, **kw: made.append(kw) or real(*a, **kw))
+        key = start()
+        cache.save_download(key, typed_rows(3))
+        assert made == [{"max_size": 5_000_000, "dir": str(tmp_path)}]
 
 
 class TestFormulaEscaping:
