@@ -32,7 +32,12 @@ def send(pk: Any, html: str) -> None:
     """Push ``html`` to every open stream of user ``pk``, in any web process."""
     # One line of HTML is one `data:` line: less to store, publish, parse and
     # encode for every open stream than the template's indented lines.
-    send_event(channel_for(pk), EVENT, WHITESPACE.sub(" ", html).strip(" "), json_encode=False)
+    send_event(channel_for(pk), EVENT, one_line(html), json_encode=False)
+
+
+def one_line(html: str) -> str:
+    """``html`` on one line, its markup's whitespace collapsed (see ``WHITESPACE``)."""
+    return WHITESPACE.sub(" ", html).strip(" ")
 
 
 def send_here(pk: Any, html: str) -> None:
@@ -42,7 +47,7 @@ def send_here(pk: Any, html: str) -> None:
     event bus was away: it must not depend on the Redis listener having
     subscribed again. The stored event replays to pages that reconnect.
     """
-    channel, data = channel_for(pk), " ".join(html.split())
+    channel, data = channel_for(pk), one_line(html)
     storage = get_storage()
     event = storage.append_event(channel, EVENT, data) if storage is not None else Event(channel, EVENT, data)
     compat.deliver_here(channel, event)
