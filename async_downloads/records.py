@@ -101,6 +101,14 @@ class Record(_RecordBase, total=False):
     #: The language active when the download started (its user's): what is rendered
     #: for the user outside a request, in a worker say, is rendered in it.
     language: str
+    #: Rows reported by ``update_percentage``: how many are done of how many, and what the
+    #: rate is measured with (the first report's time and rows done, and the last report's
+    #: time, epoch seconds). Absent while a task sets percentages only.
+    rows_done: int
+    rows_total: int
+    rows_started_at: float
+    rows_done_at_start: int
+    rows_reported_at: float
 
 
 class DownloadCancelled(Exception):

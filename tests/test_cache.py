@@ -17,7 +17,7 @@ from django.conf import settings as django_settings
 from django.core.cache import InvalidCacheBackendError, caches
 from django.core.files.storage import FileSystemStorage
 
-from async_downloads import cache, store
+from async_downloads import cache, events, store
 
 pytestmark = pytest.mark.django_db
 
@@ -226,6 +226,151 @@ class TestUpdatePercentage:
             return min(timeit.repeat(call, number=3000, repeat=5))
 
         assert cost(100) < 3 * cost(1)
+
+
+ROW_KEYS = {"rows_done", "rows_total", "rows_started_at", "rows_done_at_start", "rows_reported_at"}
+
+
+class Clock:
+    """Stands in for the ``time`` module in ``async_downloads.cache``: both clocks move only when told."""
+
+    def __init__(self):
+        self.now = datetime.datetime.now().timestamp()
+
+    def time(self):
+        return self.now
+
+    def monotonic(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(cache, "time", clock)
+    return clock
+
+
+@pytest.fixture
+def published():
+    """The percentages of the progress events published (``updated``), in order."""
+    seen = []
+
+    def receiver(record, kind, **kwargs):
+        if kind == events.UPDATED:
+            seen.append(record["percentage"])
+
+    events.download_changed_signal.connect(receiver)
+    yield seen
+    events.download_changed_signal.disconnect(receiver)
+
+
+class TestRowsReported:
+    """update_percentage keeps the rows done and what the rate is measured with, on the writes it makes anyway."""
+
+    def report(self, key, clock, total, rows, seconds_per_row=1.0):
+        for cur in rows:
+            cache.update_percentage(key, total, cur)
+            clock.advance(seconds_per_row)
+
+    def test_each_write_keeps_the_rows_done_and_the_total(self, key, clock):
+        start = clock.now
+        self.report(key, clock, 100, range(35))  # the last write was at row 29 (30 %)
+        record = cache.get_download(key)
+        assert (record["percentage"], record["rows_done"], record["rows_total"]) == (30, 30, 100)
+        assert (record["rows_started_at"], record["rows_done_at_start"]) == (start, 1)
+        assert record["rows_reported_at"] == start + 29
+        assert type(record["rows_done"]) is int and type(record["rows_total"]) is int
+
+    def test_no_extra_writes_or_events(self, key, clock, writes, published):
+        self.report(key, clock, 100, range(100), seconds_per_row=0.01)
+        assert writes == [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99]
+        assert published == writes
+
+    def test_the_first_report_of_a_running_task_is_written_unpublished(self, key, clock, writes, published):
+        """A worker's start already showed 0 %: the first row is written all the same, so that the rate is
+        measured from it, but it changes nothing the row shows yet, so it is not sent."""
+        cache.task_started(key)
+        published.clear()
+        start = clock.now
+        self.report(key, clock, 100, range(100), seconds_per_row=0.01)
+        assert writes == [0, 0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99]  # task_started's, then the first row's
+        assert published == [10, 20, 30, 40, 50, 60, 70, 80, 90, 99]
+        assert cache.get_download(key)["rows_started_at"] == start
+
+    def test_the_early_return_path_is_unchanged(self, key, clock, monkeypatch):
+        """Between steps nothing but a comparison and the monotonic clock: no cache, no wall clock."""
+        cache.update_percentage(key, 10**9, 0)
+
+        def forbidden():
+            raise AssertionError("time.time() on the common path")
+
+        monkeypatch.setattr(clock, "time", forbidden)
+        for cur in range(1, 10_000):
+            cache.update_percentage(key, 10**9, cur)
+
+    @pytest.mark.parametrize(
+        "total, cur", [(200.0, 49.0), (decimal.Decimal(200), decimal.Decimal("49.5")), (fractions.Fraction(200), 49)]
+    )
+    def test_numbers_of_another_type_are_kept_as_whole_rows(self, key, clock, total, cur):
+        cache.update_percentage(key, total, cur)
+        record = cache.get_download(key)
+        assert (record["rows_done"], record["rows_total"]) == (50, 200)
+        assert type(record["rows_done"]) is int and type(record["rows_total"]) is int
+
+    @pytest.mark.parametrize("cur, done", [(-5, 0), (150, 100)])
+    def test_rows_done_stay_within_the_total(self, key, clock, cur, done):
+        cache.update_percentage(key, 100, cur)
+        assert cache.get_download(key)["rows_done"] == done
+
+    def test_a_heartbeat_write_moves_the_rows_and_sends_nothing(self, key, clock, published):
+        cache.update_percentage(key, 10**9, 0)
+        clock.advance(cache.heartbeat_interval() + 1)
+        cache.update_percentage(key, 10**9, 4_999)  # still 0 %, written as the heartbeat is due
+        record = cache.get_download(key)
+        assert (record["percentage"], record["rows_done"], record["rows_reported_at"]) == (0, 5_000, clock.now)
+        assert published == [0]
+
+    def test_set_percentage_drops_the_rows(self, key, clock, published):
+        """A task that reported rows and then sets percentages itself has moved on (writing the file, say):
+        the rows would no longer describe the bar."""
+        self.report(key, clock, 100, range(40))
+        cache.set_percentage(key, 95)
+        record = cache.get_download(key)
+        assert record["percentage"] == 95
+        assert not ROW_KEYS & record.keys()
+
+    def test_set_percentage_alone_keeps_no_rows(self, key):
+        cache.set_percentage(key, 40)
+        assert not ROW_KEYS & cache.get_download(key).keys()
+
+    def test_rows_after_set_percentage_are_measured_afresh(self, key, clock):
+        self.report(key, clock, 100, range(40))
+        cache.set_percentage(key, 45)
+        clock.advance(60)
+        again = clock.now
+        self.report(key, clock, 100, range(40, 60))  # rows 40 to 48 still show 40 %: not written
+        record = cache.get_download(key)
+        assert (record["rows_done"], record["rows_started_at"], record["rows_done_at_start"]) == (60, again + 9, 50)
+
+    def test_a_new_total_or_going_back_measures_afresh(self, key, clock):
+        self.report(key, clock, 100, range(60))
+        second_pass = clock.now
+        self.report(key, clock, 1000, range(0, 300, 10))
+        record = cache.get_download(key)
+        assert (record["rows_total"], record["rows_started_at"], record["rows_done_at_start"]) == (1000, second_pass, 1)
+        third_pass = clock.now
+        self.report(key, clock, 1000, range(0, 200, 10))
+        assert cache.get_download(key)["rows_started_at"] == third_pass
+
+    def test_a_finished_download_gets_no_rows(self, alice, clock, media):
+        _, key = cache.init_download(alice, "a.csv")
+        cache.save_download(key, [["x"]])
+        cache.update_percentage(key, 100, 50)
+        assert not ROW_KEYS & cache.get_download(key).keys()
 
 
 class TestSetError:

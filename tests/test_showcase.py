@@ -314,3 +314,101 @@ def test_sample_site_uses_the_apps_own_templates_by_default(monkeypatch, value):
 def test_sample_site_names_the_sets_when_the_showcase_is_unknown(monkeypatch):
     with pytest.raises(ImproperlyConfigured, match=r"'tailwind'.*'bootstrap5', 'toast', 'semantic'"):
         sample_site_settings(monkeypatch, "tailwind")
+
+
+@pytest.fixture(params=("app", *SHOWCASES))
+def any_set(request, db):
+    """The app's own row, then each set's."""
+    if request.param == "app":
+        yield request.param
+        return
+    with installed_ahead_of_async_downloads(request.param):
+        yield request.param
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """One fake clock for the progress reports (the cache API) and the rendering (the template filter)."""
+    from async_downloads.templatetags import async_downloads as tags
+    from tests.test_cache import Clock
+
+    clock = Clock()
+    monkeypatch.setattr(cache, "time", clock)
+    monkeypatch.setattr(tags, "time", clock)
+    return clock
+
+
+class Spoken(HTMLParser):
+    """The text of a piece of HTML that assistive technology reads: none inside ``aria-hidden`` elements."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self, html):
+        super().__init__()
+        self.open, self.text = [], []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in self.VOID:
+            self.open.append(dict(attrs).get("aria-hidden") == "true")
+
+    def handle_endtag(self, tag):
+        if tag not in self.VOID:
+            self.open.pop()
+
+    def handle_data(self, data):
+        if not any(self.open):
+            self.text.append(data)
+
+    def all_text(self):
+        return " ".join(" ".join(self.text).split())
+
+
+def progress_element(elements):
+    return (elements.find("progress") or elements.find(role="progressbar"))[0]
+
+
+def test_a_task_reporting_rows_shows_how_far_it_is_and_then_the_time_left(any_set, alice, clock):
+    key = download(alice, "pending")
+    cache.update_percentage(key, 300_000, 0)  # the first report: no rate yet
+    first = partials.render_row(cache.get_download(key))
+    assert "1 of 300,000 rows" in Spoken(first).all_text() and " left" not in first
+    clock.advance(4.5)
+    cache.update_percentage(key, 300_000, 29_999)  # 10 %: 29,999 rows in 4.5 s, 270,000 to go
+    html = partials.render_row(cache.get_download(key))
+    text = "30,000 of 300,000 rows · about 40 s left"
+    assert text in Spoken(html).all_text()  # shown, and read by screen readers
+    elements = Elements(html)
+    assert progress_element(elements)["aria-describedby"] == f"download-{key}-rows"
+    assert re.search(rf'id="download-{key}-rows"[^>]*>(?:<small>)?([^<]*)<', html).group(1) == text
+    value, _ = progress(elements)
+    assert value == "10"
+
+
+def test_the_pushed_progress_row_carries_the_rows(any_set, alice, clock):
+    key = download(alice, "pending")
+    cache.update_percentage(key, 300_000, 0)
+    clock.advance(4.5)
+    cache.update_percentage(key, 300_000, 29_999)
+    pushed = partials.render_message(alice.pk, cache.get_download(key), events.UPDATED)
+    assert "30,000 of 300,000 rows · about 40 s left" in Spoken(pushed).all_text()
+
+
+@pytest.mark.parametrize("state", ["pending", "running"])
+def test_a_task_setting_percentages_only_shows_no_rows(any_set, alice, state):
+    html = partials.render_row(cache.get_download(download(alice, state)))
+    assert " rows" not in html and "-rows" not in html
+    assert not [attrs for _, attrs in Elements(html).tags if "aria-describedby" in attrs]
+
+
+def test_rows_go_when_the_task_sets_a_percentage_or_finishes(any_set, alice, media, clock):
+    key = download(alice, "pending")
+    cache.update_percentage(key, 300_000, 0)
+    clock.advance(4.5)
+    cache.update_percentage(key, 300_000, 29_999)
+    cache.set_percentage(key, 95)  # the task moved on to other work
+    assert "of 300,000" not in partials.render_row(cache.get_download(key))
+    cache.update_percentage(key, 300_000, 299_999)
+    assert "300,000 of 300,000 rows" in partials.render_row(cache.get_download(key))
+    cache.save_download(key, [["x"]])
+    assert "of 300,000" not in partials.render_row(cache.get_download(key))

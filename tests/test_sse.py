@@ -33,6 +33,28 @@ def test_owner_receives_each_change_as_html(web_server, alice):
         assert "orders.csv is ready to download." in done["data"]
 
 
+def test_a_worker_export_pushes_how_far_it_is_and_the_time_left(web_server, celery_worker, alice):
+    """A real Celery worker runs queryset_to_csv: its progress events carry the rows and, from the
+    second report on, the time left, with no more events than the steps of the bar."""
+    from async_downloads.shortcuts import init_generic_csv_download
+    from tests.testapp.models import Item
+    from tests.testapp.tasks import slow_items_export
+
+    Item.objects.bulk_create(Item(name=f"Item {n}", quantity=n) for n in range(40))
+    with StreamReader(events_url(web_server, alice), session_cookies(alice)) as stream:
+        _, key = init_generic_csv_download(slow_items_export, alice, "Items", pause=0.05)  # 2 s of rows
+        rows = []
+        while "is ready to download" not in (data := stream.next(timeout=30)["data"]):
+            if data.startswith(f'<li id="download-{key}"'):  # progress replaces the row
+                rows.append(re.search(r'id="download-[^"]+-rows"[^>]*>([^<]*)<', data))
+    texts = [found.group(1) if found else None for found in rows]
+    assert texts[0] is None  # the worker's start: no rows reported yet
+    assert all(re.fullmatch(r"\d+ of 40 rows( · (about \d+ s|less than a second) left)?", text) for text in texts[1:])
+    assert [text for text in texts if text and "about" in text], texts
+    assert texts[-1] == "40 of 40 rows"  # 99 %: the rows are done, the file is being saved
+    assert len(texts) <= 1 + 10, texts  # the start, then one per step of 10 % at most
+
+
 def test_alice_never_receives_bobs_events(web_server, alice, bob):
     _, alice_key = cache.init_download(alice, "alice.csv")
     _, bob_key = cache.init_download(bob, "bob.csv")

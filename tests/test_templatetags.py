@@ -124,3 +124,117 @@ def test_download_age_reads_naturally():
 def test_retryable_offers_retry_for_a_failed_or_cancelled_download_of_a_helper(alice, state, task, offered):
     record = {"state": state, **({"task": task} if task else {})}
     assert render("{% if download|retryable %}retry{% endif %}", alice, download=record) == ("retry" if offered else "")
+
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+def rows_at(monkeypatch):
+    """``download_rows`` of a record, rendered at the epoch time ``now``."""
+    import types
+
+    from async_downloads.templatetags import async_downloads as tags
+
+    def render_rows(record, now=NOW):
+        monkeypatch.setattr(tags, "time", types.SimpleNamespace(time=lambda: now))
+        return tags.download_rows(record)
+
+    return render_rows
+
+
+def rows_record(done, total, done_at_start=None, started=None, reported=NOW, state="running"):
+    record = {"state": state, "rows_done": done, "rows_total": total, "rows_reported_at": reported}
+    if done_at_start is not None:
+        record |= {"rows_done_at_start": done_at_start, "rows_started_at": started}
+    return record
+
+
+def test_download_rows_tells_how_far_and_how_long_is_left(rows_at):
+    # 12,000 rows in the 40 s since the first report: 300 rows a second, 287,600 rows to go.
+    record = rows_record(12_400, 300_000, done_at_start=400, started=NOW - 40)
+    assert rows_at(record) == "12,400 of 300,000 rows · about 16 min left"
+
+
+def test_download_rows_counts_the_time_left_down_from_the_last_report(rows_at):
+    # 100 rows a second, 4,000 rows to go: 40 s at the report, 25 s when the page renders 15 s later.
+    record = rows_record(6_000, 10_000, done_at_start=1_000, started=NOW - 50)
+    assert rows_at(record) == "6,000 of 10,000 rows · about 40 s left"
+    assert rows_at(record, now=NOW + 15) == "6,000 of 10,000 rows · about 25 s left"
+    assert rows_at(record, now=NOW - 5) == "6,000 of 10,000 rows · about 40 s left"  # another host's clock
+
+
+def test_download_rows_makes_no_guess_past_its_estimate(rows_at):
+    record = rows_record(6_000, 10_000, done_at_start=1_000, started=NOW - 50)
+    assert rows_at(record, now=NOW + 41) == "6,000 of 10,000 rows"
+
+
+@pytest.mark.parametrize("record", [
+    rows_record(1, 300_000),  # one report only: no rate yet
+    rows_record(1, 300_000, done_at_start=1, started=NOW),
+    rows_record(5_000, 300_000, done_at_start=1, started=NOW),  # no time between the reports
+    rows_record(5_000, 300_000, done_at_start=5_000, started=NOW - 10),  # no rows between them
+])
+def test_download_rows_shows_no_time_left_until_a_rate_can_be_measured(rows_at, record):
+    assert rows_at(record).endswith(" of 300,000 rows")
+
+
+def test_download_rows_of_the_last_row_shows_no_time_left(rows_at):
+    """The rows are done; saving the file takes what it takes."""
+    assert rows_at(rows_record(300_000, 300_000, done_at_start=1, started=NOW - 60)) == "300,000 of 300,000 rows"
+
+
+def test_download_rows_of_a_single_row(rows_at):
+    assert rows_at(rows_record(0, 1)) == "0 of 1 row"
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0.4, "less than a second left"),
+    (1, "about 1 s left"),
+    (2.5, "about 3 s left"),
+    (9.4, "about 9 s left"),
+    (12, "about 10 s left"),
+    (42, "about 40 s left"),
+    (56, "about 55 s left"),
+    (58, "about 1 min left"),
+    (150, "about 3 min left"),
+    (89 * 60, "about 89 min left"),
+    (95 * 60, "about 2 h left"),
+    (2 * 3600 + 1700, "about 2 h left"),
+    (4_000 * 3600, "about 4,000 h left"),
+])
+def test_download_rows_rounds_the_time_left(rows_at, seconds, text):
+    # One row a second since the first report: the rows still to do are the seconds left.
+    record = rows_record(10, 10 + seconds, done_at_start=0, started=NOW - 10)
+    if isinstance(seconds, float):  # a fraction of a row: a rate of ten rows a second instead
+        record = rows_record(100, 100 + int(seconds * 10), done_at_start=0, started=NOW - 10)
+    assert rows_at(record).endswith(" · " + text)
+
+
+@pytest.mark.parametrize("record", [
+    {"state": "running", "percentage": 40},  # set_percentage only
+    rows_record(5, 10, done_at_start=1, started=NOW - 4, state="pending"),
+    rows_record(10, 10, state="complete"),
+    rows_record(5, 0),
+    rows_record("5", 10),
+    {"percentage": 40},  # a record of an earlier release
+])
+def test_download_rows_is_empty_unless_a_running_task_reports_rows(rows_at, record):
+    assert rows_at(record) == ""
+
+
+def test_download_rows_groups_thousands_as_the_active_language_does(rows_at):
+    from django.utils import translation
+
+    record = rows_record(12_400, 300_000, done_at_start=400, started=NOW - 40)
+    with translation.override("de"):
+        text = rows_at(record)
+    assert "12.400" in text and "300.000" in text
+    with translation.override("fr"):
+        text = rows_at(record)
+    assert "12\xa0400" in text and "300\xa0000" in text
+
+
+def test_download_rows_needs_no_humanize(settings, rows_at):
+    assert "django.contrib.humanize" not in settings.INSTALLED_APPS
+    assert rows_at(rows_record(1_234_567, 2_000_000)) == "1,234,567 of 2,000,000 rows"

@@ -15,6 +15,18 @@ def export_items(download_key, min_quantity=0):
 
 
 @shared_task
+def slow_items_export(download_key, pause=0.05):
+    """``export_items``, ``pause`` seconds a row: slow enough for its rate to be measured."""
+    import time
+
+    def slow_row(item):
+        time.sleep(pause)
+        return item_row(item)
+
+    queryset_to_csv(download_key, ["id", "name", "quantity", "price"], Item.objects.order_by("pk"), slow_row)
+
+
+@shared_task
 def ping():
     return "pong"
 
