@@ -19,9 +19,14 @@ def redis_client():
 
 @pytest.fixture(autouse=True)
 def _fresh_cache(redis_client):
-    """Each test starts with none of this run's cache keys (user pks repeat across tests)."""
+    """Each test starts with none of this run's cache keys (user pks repeat across tests).
+
+    The epoch key stays: without it, the web servers of the run would take this
+    cleanup for a Redis that lost its data, and tell their open pages so.
+    """
     yield
-    keys = [k for k in _prefixed_keys(redis_client) if b"celery" not in k and b"kombu" not in k]
+    kept = (b"celery", b"kombu", b"async_downloads:epoch")
+    keys = [k for k in _prefixed_keys(redis_client) if not any(part in k for part in kept)]
     if keys:
         redis_client.delete(*keys)
 
