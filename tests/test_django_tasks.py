@@ -12,7 +12,7 @@ from async_downloads import cache
 from async_downloads.shortcuts import init_generic_csv_download, start_download
 from tests.processes import child_env, stop
 from tests.testapp.framework_tasks import raising, squares, until_cancelled
-from tests.waits import wait_for_state
+from tests.waits import wait_for_state, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -164,6 +164,7 @@ class TestDatabaseWorkerProcess:
 
     def test_a_task_checking_is_cancelled_returns(self, db_worker, alice):
         _, key = start_download(alice, "waiting.csv", until_cancelled)
-        wait_for_state(key, {"running"})
+        # Its own first report (5 %), not only the worker's start: from then on it checks is_cancelled.
+        wait_until(lambda: (cache.get_download(key) or {}).get("percentage") == 5, what="the task's first report")
         cache.cancel_download(key, alice)
         assert finished_result(until_cancelled, key).return_value == "cancelled"
