@@ -8,6 +8,7 @@ otherwise hold (the request's thread and database connection).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import Any, Final
 
@@ -44,7 +45,7 @@ async def events(request: HttpRequest) -> HttpResponseBase:
     if problem:
         return HttpResponseBadRequest(problem)
     request.user = user  # django-eventstream reads it; no second lookup
-    await sync_to_async(cache.fail_stalled)(user)
+    await _in_a_context_of_its_own(cache.fail_stalled, user)
     ensure_listener()
     compat.resume_after_read()
     try:
@@ -62,9 +63,24 @@ async def events(request: HttpRequest) -> HttpResponseBase:
 
 
 def _close_connections() -> None:
-    """Close the request's database connections and cache clients (``fail_stalled`` used one)."""
+    """Close the request's database connections (the stream needs none)."""
     connections.close_all()
-    compat.close_cache_connections()
+
+
+async def _in_a_context_of_its_own(function: Any, *args: Any) -> Any:
+    """``function(*args)`` in a thread, with cache clients of its own, closed when it returns.
+
+    Django keeps a cache client per async context: made in the request's, it would
+    live (with its Redis connections) as long as the stream.
+    """
+
+    def call() -> Any:
+        try:
+            return function(*args)
+        finally:
+            compat.close_cache_connections()
+
+    return await asyncio.create_task(sync_to_async(call)(), context=contextvars.Context())
 
 
 _supervisors: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
