@@ -24,7 +24,7 @@ __all__ = ["EVENT", "ChannelManager", "EventStorage", "channel_for", "send", "se
 # An idle channel's event counter outlives its events, so that ids keep growing.
 COUNTER_TTL: Final = 7 * 24 * 60 * 60
 #: The markup's own whitespace: ASCII only, so that the no-break spaces of the text stay
-#: ("5\xa0minutes ago", the French "\xa0:", "12\u202f400" in French figures).
+#: ("5\xa0minutes ago", the French "\xa0:" and "12\xa0400").
 WHITESPACE: Final = re.compile(r"\s+", re.ASCII)
 
 
