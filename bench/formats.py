@@ -26,7 +26,7 @@ LABELS = {"xlsx": ("`queryset_export(..., \"xlsx\")`", "bare XlsxWriter `constan
 ZIP_MEMBERS = 50
 ZIP_MEMBER_ROWS = 2_000
 MAX_RSS_GROWTH_MB = 50
-QUIET_WAIT = 600  # seconds the runs may wait in all for other programs to use less than half a CPU
+QUIET_WAIT = 300  # seconds the runs may wait in all for other programs to use less than half a CPU
 BENCH_USER_PK = 424242
 MB = 1024 * 1024
 
