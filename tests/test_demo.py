@@ -369,7 +369,8 @@ def test_the_language_switch_turns_the_centre_and_what_the_worker_pushes_german(
                                                                                 tmp_path):
     """The top bar's switch (Django's set_language); then an export finishes and a report runs in the
     worker: the rows the worker pushes speak German, as the page does."""
-    with demo_processes.site("default", redis_url, database=sample_data["database"],
+    # A Redis db of its own: the other tests of the default set expect none of this one's downloads.
+    with demo_processes.site("default", redis_url, redis_db=8, database=sample_data["database"],
                              var_dir=sample_data["var_dir"]) as site:
         context = chromium.new_context(viewport={"width": 1200, "height": 800})
         context.set_default_timeout(TIMEOUT * 1000)
