@@ -3,9 +3,10 @@
 bench/settings.py (the one settings module) imports this and adds the few differences of
 each scenario, chosen by ``ADBENCH_SCENARIO``: ``csv`` (default), ``live``, ``ws`` or ``load``.
 Redis is the one at ``REDIS_URL`` (``just bench`` sets it), db 12; each scenario keeps its cache
-keys, stored events, event channels and Celery queues under ``adbench-<scenario>`` (pub/sub
-ignores the db number), and bench/run.py removes keys matching ``adbench-*`` at the end; nothing
-here ever flushes Redis. SQLite and files live in ``ADBENCH_DIR`` (default bench/.data/<scenario>).
+keys, stored events, event channels and Celery queues under ``adbench-<scenario>-<run>`` (pub/sub
+ignores the db number; ``ADBENCH_RUN`` is set by bench/run.py, so that two runs never share a key),
+and bench/run.py removes its run's keys at the end; nothing here ever flushes Redis. SQLite
+and files live in ``ADBENCH_DIR`` (default bench/.data/<scenario>).
 Do not import django_eventstream here: it reads the settings on import.
 """
 
@@ -15,7 +16,7 @@ from devtools import redis_server
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 SCENARIO = os.environ.get("ADBENCH_SCENARIO", "csv")
-PREFIX = f"adbench-{SCENARIO}"
+PREFIX = f"adbench-{SCENARIO}-{os.environ.get('ADBENCH_RUN', '0')}"
 WORK_DIR = os.environ.get("ADBENCH_DIR") or os.path.join(BENCH_DIR, ".data", SCENARIO)
 os.makedirs(WORK_DIR, exist_ok=True)
 REDIS_DB = 12

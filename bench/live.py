@@ -43,11 +43,11 @@ CPU_SECONDS = 10.0 if QUICK else 30.0  # length of the watched export
 CPU_STEPS = min(99, round(CPU_SECONDS / 0.3))  # progress steps of the export (one event each)
 POLL_INTERVAL, CALIBRATION_SECONDS = 1.0, 8.0
 QUIET_CPUS, QUIET_WAIT = 0.5, 120.0  # before a measurement, wait for other programs to use less (at most so long)
-QUEUE = "adbench-live"
+QUEUE = f"adbench-live-{os.environ.get('ADBENCH_RUN', '0')}"  # the probe's queue, and its Celery keys' prefix
 POLL_PATH = "/async_downloads/ajax_update/"
 APP = "django.core.asgi:get_asgi_application"
 
-# The probe's Celery worker: `celery -A bench.live worker -Q adbench-live`; the driver sends with the same app.
+# The probe's Celery worker: `celery -A bench.live worker -Q <QUEUE>`; the driver sends with the same app.
 app = Celery("adbench_live")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.update(broker_transport_options={"global_keyprefix": f"{QUEUE}:celery:"}, worker_prefetch_multiplier=1,

@@ -21,12 +21,14 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH_DIR)
 if sys.path and os.path.abspath(sys.path[0] or ".") == BENCH_DIR:
     sys.path[0] = ROOT
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+RUN = os.environ.setdefault("ADBENCH_RUN", uuid.uuid4().hex[:8])  # in every key of this run (bench/base_settings.py)
 
 from bench.common import how_measured, log, md_table, wait_quiet  # noqa: E402
 
@@ -540,12 +542,13 @@ def write_report(new_sections, machine, started):
 
 
 def remove_keys():
-    """Remove the keys the benchmarks made (db 12, names with ``adbench-``); never anything else."""
+    """Remove the keys this run made (db 12, names with ``adbench-<scenario>-<run>``); never anything else."""
     import redis
     from django.conf import settings
 
     client = redis.Redis.from_url(settings.REDIS_URL)
-    for pattern in ("adbench-*", "event:adbench-*", "event_counter:adbench-*"):
+    for pattern in (f"adbench-*-{RUN}:*", f"adbench-*-{RUN}-*", f"event:adbench-*-{RUN}-*",
+                    f"event_counter:adbench-*-{RUN}-*"):
         keys = list(client.scan_iter(match=pattern, count=1000))
         for i in range(0, len(keys), 1000):
             client.delete(*keys[i:i + 1000])
