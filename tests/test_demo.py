@@ -319,7 +319,8 @@ def test_the_orders_as_xlsx_and_json_lines_and_a_zip_of_xlsx(redis_url, sample_d
 
     params = FILTERS["toast"]
     expected = sample_data["expected"]["toast"]
-    with demo_processes.site("default", redis_url, database=sample_data["database"],
+    # A Redis db of its own: the default set's other tests must find none of its downloads.
+    with demo_processes.site("default", redis_url, redis_db=9, database=sample_data["database"],
                              var_dir=sample_data["var_dir"]) as site:
         context = chromium.new_context(accept_downloads=True, viewport={"width": 1200, "height": 800})
         context.set_default_timeout(TIMEOUT * 1000)
