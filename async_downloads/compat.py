@@ -17,7 +17,9 @@ from typing import Any, Final
 
 import jwt
 from asgiref.sync import SyncToAsync
-from django.core.cache import caches
+from django.conf import settings as django_settings
+from django.core.cache import BaseCache, caches
+from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from django.http import HttpRequest
 from django_eventstream import eventstream
 from django_eventstream.event import Event
@@ -47,6 +49,9 @@ def problems() -> list[str]:
         ("asgiref SyncToAsync.thread_sensitive_context and context_to_thread_executor",
          lambda: hasattr(SyncToAsync, "thread_sensitive_context")
          and callable(getattr(getattr(SyncToAsync, "context_to_thread_executor", None), "pop", None))),
+        ("Django RedisCacheClient.get_client, _get_connection_pool, _client and _serializer",
+         lambda: all(hasattr(RedisCacheClient, name) for name in ("get_client", "_get_connection_pool"))
+         and all(hasattr(RedisCacheClient(["redis://"]), name) for name in ("_client", "_serializer"))),
     ]
     return [name for name, present in needs if not present()]
 
@@ -117,13 +122,21 @@ class SharedClientRedisStorage(RedisStorage):  # type: ignore[misc]  # django-ev
         return client
 
     def store_event(self, channel: str, event_type: str, data: Any, ttl: int, counter_ttl: int) -> Event:
-        counter = f"event_counter:{channel}"
-        event_id = self.redis.incr(counter)
-        with self.redis.pipeline() as pipe:
-            pipe.set(f"event:{channel}:{event_id}", json.dumps({"type": event_type, "data": data}), ex=ttl)
-            pipe.expire(counter, counter_ttl)
-            pipe.execute()
+        # One round trip: the counter's next value names the event's key.
+        event_id = int(self.redis.eval(
+            STORE_EVENT, 1, f"event_counter:{channel}", f"event:{channel}:",
+            json.dumps({"type": event_type, "data": data}), ttl, counter_ttl,
+        ))
         return Event(channel, event_type, data, id=event_id)
+
+
+#: KEYS[1] the channel's event counter; ARGV: the event keys' prefix, the event, its TTL, the counter's TTL.
+STORE_EVENT: Final = """
+local id = redis.call('INCR', KEYS[1])
+redis.call('SET', ARGV[1] .. id, ARGV[2], 'EX', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return id
+"""
 
 
 # --- django-eventstream: the Redis listener -------------------------------------------------
@@ -219,6 +232,69 @@ def release_request_thread() -> bool:
 
 
 # --- Django: cache connections ---------------------------------------------------------------
+
+
+def shared_cache(alias: str) -> BaseCache:
+    """The cache ``alias`` for the record store: for Django's Redis backend, one per process
+    that makes one Redis client per connection pool and keeps it.
+
+    Upstream behaviour: ``caches[alias]`` is a backend per thread and per async
+    context, and Django's ``RedisCacheClient.get_client`` builds a new
+    ``redis.Redis`` for every operation (about 0.1 ms of CPU, as much as the
+    command itself); each context's backend also has pools of its own, so every
+    request under ASGI opens a Redis connection. Every operation still goes
+    through the backend's own methods (keys, serializer, timeouts, pools as
+    configured). Other backends, and a ``RedisCacheClient`` subclass with its own
+    ``get_client`` (sharding, say), are returned as ``caches[alias]``.
+    """
+    backend = caches[alias]
+    if not isinstance(backend, RedisCache):
+        return backend
+    marker = repr(django_settings.CACHES[alias])
+    found = _shared_caches.get(alias)
+    if found is not None and found[0] == marker:
+        return found[1]
+    shared = caches.create_connection(alias)
+    client: Any = getattr(shared, "_cache")  # noqa: B009  # RedisCache's client, private
+    if type(client).get_client is not RedisCacheClient.get_client:
+        return backend
+    redis_clients: dict[int, Any] = {}
+
+    def get_client(key: Any = None, *, write: bool = False) -> Any:
+        pool = client._get_connection_pool(write)
+        found = redis_clients.get(id(pool))
+        if found is None:
+            found = redis_clients.setdefault(id(pool), client._client(connection_pool=pool))
+        return found
+
+    client.get_client = get_client
+    _shared_caches[alias] = (marker, shared)
+    return shared
+
+
+_shared_caches: dict[str, tuple[str, BaseCache]] = {}
+
+#: KEYS[1] the lock; ARGV[1] its holder's value as stored.
+DELETE_IF: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def delete_if(backend: BaseCache, key: str, value: Any) -> bool | None:
+    """Delete ``key`` if it holds ``value``, in one round trip; None where the backend cannot
+    (anything but a ``shared_cache`` of Django's Redis backend).
+
+    Upstream behaviour: Django's cache API has no compare-and-delete, so a lock
+    is released with a ``get`` and a ``delete``: two round trips, and a window
+    in which a lock that expired and was taken by another process is deleted.
+    """
+    if not isinstance(backend, RedisCache) or not isinstance(getattr(backend, "_cache", None), RedisCacheClient):
+        return None
+    client: Any = getattr(backend, "_cache")  # noqa: B009  # RedisCache's client, private
+    redis_key = backend.make_and_validate_key(key)
+    stored = client._serializer.dumps(value)
+    return bool(client.get_client(redis_key, write=True).eval(DELETE_IF, 1, redis_key, stored))
 
 
 def close_cache_connections() -> None:

@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from django.core.cache import BaseCache, caches
+from django.core.cache import BaseCache
 
-from . import records
+from . import compat, records
 from .conf import settings
 from .records import Record
 
@@ -44,7 +44,7 @@ T = TypeVar("T")
 
 
 def get_cache() -> PatientCache:
-    return PatientCache(caches[settings.CACHE_NAME])
+    return PatientCache(compat.shared_cache(settings.CACHE_NAME))
 
 
 class PatientCache:
@@ -71,6 +71,15 @@ class PatientCache:
 
     def delete(self, key: str) -> bool:
         return _patiently(lambda: self.cache.delete(key))
+
+    def delete_if(self, key: str, value: Any) -> bool:
+        """Delete ``key`` if it holds ``value`` (in one round trip where the backend can)."""
+        done = _patiently(lambda: compat.delete_if(self.cache, key, value))
+        if done is not None:
+            return done
+        if self.get(key) == value:
+            return self.delete(key)
+        return False
 
     def add(self, key: str, value: Any, timeout: float | None) -> bool:
         try:
@@ -132,8 +141,7 @@ def locked(key: str) -> Iterator[PatientCache]:
     try:
         yield cache
     finally:
-        if cache.get(lock_key) == token:
-            cache.delete(lock_key)
+        cache.delete_if(lock_key, token)
 
 
 def seconds_left(expires: float) -> int:

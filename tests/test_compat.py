@@ -208,3 +208,55 @@ def test_closing_cache_connections_closes_the_redis_pools():
     assert connections and all(c._sock is not None for c in connections)
     compat.close_cache_connections()
     assert all(c._sock is None for c in connections)
+
+
+class TestSharedCache:
+    def test_one_backend_per_process_whatever_the_thread_with_one_redis_client(self):
+        found = []
+        thread = threading.Thread(target=lambda: found.append(compat.shared_cache("default")))
+        thread.start()
+        thread.join()
+        shared = compat.shared_cache("default")
+        assert found == [shared] and shared is not caches["default"]
+        assert shared._cache.get_client(write=True) is shared._cache.get_client(write=True)
+
+    def test_it_reads_and_writes_what_the_configured_backend_does(self):
+        shared, own = compat.shared_cache("default"), caches["default"]
+        shared.set("compat-shared", {"state": "running", "n": 3}, 30)
+        assert own.get("compat-shared") == {"state": "running", "n": 3}
+        own.set("compat-shared-count", 7, 30)
+        assert shared.get("compat-shared-count") == 7
+        assert 28 <= own._cache.get_client().ttl(own.make_and_validate_key("compat-shared")) <= 30
+
+    def test_a_changed_setting_gives_a_new_backend(self, settings):
+        before = compat.shared_cache("default")
+        settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "TIMEOUT": 77}}
+        after = compat.shared_cache("default")
+        assert after is not before and after.default_timeout == 77
+
+    def test_other_backends_are_returned_as_configured(self, settings):
+        settings.CACHES = {**settings.CACHES, "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+        assert compat.shared_cache("local") is caches["local"]
+
+    def test_upstream_builds_a_client_per_operation_through_get_client(self):
+        # What keeping the client relies on: every operation asks get_client.
+        from django.core.cache.backends.redis import RedisCacheClient
+
+        source = inspect.getsource(RedisCacheClient)
+        assert source.count("self.get_client(") >= 10
+        assert "return self._client(connection_pool=pool)" in inspect.getsource(RedisCacheClient.get_client)
+
+
+class TestDeleteIf:
+    def test_deletes_only_what_holds_the_value(self):
+        shared = compat.shared_cache("default")
+        shared.set("compat-lock", "mine", 30)
+        assert compat.delete_if(shared, "compat-lock", "theirs") is False
+        assert shared.get("compat-lock") == "mine"
+        assert compat.delete_if(shared, "compat-lock", "mine") is True
+        assert shared.get("compat-lock") is None
+        assert compat.delete_if(shared, "compat-lock", "mine") is False
+
+    def test_backends_that_cannot_say_so(self, settings):
+        settings.CACHES = {**settings.CACHES, "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+        assert compat.delete_if(caches["local"], "compat-lock", "mine") is None
