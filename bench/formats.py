@@ -124,7 +124,7 @@ def member_format(index):
 
 
 def timed(call):
-    from bench.run import peak_rss_bytes, process_cpu_seconds, vm_hwm_bytes
+    from bench.run import peak_rss_bytes, process_cpu_seconds, ru_maxrss_bytes
 
     gc.collect()
     rss_start, load, cpu0 = peak_rss_bytes(), os.getloadavg()[0], process_cpu_seconds()
@@ -132,7 +132,7 @@ def timed(call):
     outcome = call()
     seconds, cpu = time.perf_counter() - start, process_cpu_seconds() - cpu0
     return outcome, {"seconds": seconds, "cpu_seconds": cpu, "load_average_1m": load, "rss_start": rss_start,
-                     "rss_peak": peak_rss_bytes(), "hwm_peak": vm_hwm_bytes()}
+                     "rss_peak": peak_rss_bytes(), "hwm_peak": ru_maxrss_bytes()}
 
 
 def completed(key):
@@ -342,10 +342,11 @@ def section(reps, ensure_data):
             "in turn, each read from the database with `.iterator()` when its turn comes, deflated into one "
             "stored zip by zipstream-ng, against the same members saved as "
             f"{ZIP_MEMBERS} separate downloads (`save_download` with rows).",
-            f"Each run is a fresh process (peak RSS = `ru_maxrss`, Python + Django included); {reps} runs per "
+            f"Each run is a fresh process (peak RSS = /proc VmHWM of its own address space, Python + Django "
+            f"included); {reps} runs per "
             "variant and size in alternating order, median shown; before each run the driver waits (at most "
-            f"{QUIET_WAIT} s in all) until other programs use less than half a CPU. `ru_maxrss` and /proc VmHWM "
-            f"differ by at most {hwm_gap:.1f} MB; 1-minute load average during the runs: "
+            f"{QUIET_WAIT} s in all) until other programs use less than half a CPU. `ru_maxrss` (carried over from "
+            f"the driver at fork) is above it by at most {hwm_gap:.1f} MB; 1-minute load average during the runs: "
             f"{min(loads):.2f}–{max(loads):.2f}. The targets use wall time; CPU time is the cross-check.",
         ),
     ])
