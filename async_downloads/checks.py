@@ -11,7 +11,7 @@ from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.utils.module_loading import import_string
 
-from . import compat
+from . import compat, grip
 from .conf import TRANSPORTS, settings
 from .sse import ChannelManager
 
@@ -102,13 +102,13 @@ def check_sendfile(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 def check_event_bus(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
     if settings.WS_MODE or str(settings.TRANSPORT).lower() != "sse":
         return []
-    if hasattr(django_settings, "EVENTSTREAM_REDIS") or hasattr(django_settings, "GRIP_URL"):
+    if hasattr(django_settings, "EVENTSTREAM_REDIS") or grip.enabled():
         return []
     return [
         Warning(
             "The SSE transport has no cross-process event bus: events sent by Celery "
             "workers will reach no browser.",
-            hint="Set EVENTSTREAM_REDIS (see the README), or ASYNC_DOWNLOADS_TRANSPORT = 'poll'.",
+            hint="Set EVENTSTREAM_REDIS or GRIP_PROXIES (see the README), or ASYNC_DOWNLOADS_TRANSPORT = 'poll'.",
             id="async_downloads.W002",
         )
     ]
@@ -176,3 +176,54 @@ def check_heartbeat(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
             id="async_downloads.W005",
         )
     ]
+
+
+GRIP_MIDDLEWARE = "django_grip.GripMiddleware"
+
+
+@register()
+def check_grip(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """GRIP mode: proxies configured, each with a real key, and django-grip's middleware first."""
+    if settings.WS_MODE or str(settings.TRANSPORT).lower() != "sse" or not grip.enabled():
+        return []
+    found: list[CheckMessage] = []
+    proxies = grip.proxies()
+    if not proxies:
+        found.append(Error(
+            "ASYNC_DOWNLOADS_GRIP is on, but no GRIP proxy is configured: events reach nobody and "
+            "stream requests are refused.",
+            hint='Set GRIP_PROXIES = [{"control_uri": "http://127.0.0.1:5561", "key": "..."}] (see the README).',
+            id="async_downloads.E006",
+        ))
+    for entry in proxies:
+        key = grip.verify_key(entry)
+        where = entry.get("control_uri") or entry.get("control_zmq_uri") or "a GRIP proxy"
+        if not key:
+            found.append(Error(
+                f"The GRIP proxy {where} has no key: django-grip then takes any request with a Grip-Sig "
+                "header for one from the proxy.",
+                hint='Give every entry of GRIP_PROXIES a "key" (Pushpin\'s sig_key).',
+                id="async_downloads.E007",
+            ))
+        elif isinstance(key, str) and key in grip.DEFAULT_KEYS:
+            found.append(Error(
+                f"The GRIP proxy {where} signs with Pushpin's default key {key!r}: anyone can forge its signature.",
+                hint="Set sig_key in pushpin.conf to a long random secret, and the same key in GRIP_PROXIES.",
+                id="async_downloads.E008",
+            ))
+    middleware = list(getattr(django_settings, "MIDDLEWARE", None) or [])
+    if GRIP_MIDDLEWARE not in middleware:
+        found.append(Error(
+            f"GRIP mode needs {GRIP_MIDDLEWARE} in MIDDLEWARE: without it no request counts as "
+            "coming from the proxy, and every stream request is refused.",
+            hint=f'Put "{GRIP_MIDDLEWARE}" first in MIDDLEWARE.',
+            id="async_downloads.E009",
+        ))
+    elif middleware[0] != GRIP_MIDDLEWARE:
+        found.append(Warning(
+            f"{GRIP_MIDDLEWARE} is not the first middleware: a middleware before it can answer a "
+            "stream request (or change its response) without the GRIP instructions.",
+            hint=f'Put "{GRIP_MIDDLEWARE}" first in MIDDLEWARE.',
+            id="async_downloads.W006",
+        ))
+    return found

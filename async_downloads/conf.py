@@ -34,6 +34,9 @@ DEFAULTS = {
     "WORKER_TIMEOUT": 45,
     "PENDING_WAIT": 30,
     "OUTAGE_WAIT": 30,
+    # GRIP mode of the SSE transport (async_downloads.grip): None = on when GRIP_PROXIES or GRIP_URL is set.
+    "GRIP": None,
+    "GRIP_PUBLISH_TIMEOUT": 2,
     # Writing files (async_downloads.writers).
     "CSV_ENCODING": "utf-8",
     "ESCAPE_FORMULAS": False,

@@ -15,7 +15,7 @@ from django_eventstream.channelmanager import DefaultChannelManager
 from django_eventstream.event import Event
 from django_eventstream.utils import get_storage
 
-from . import compat
+from . import compat, grip
 from .channels import EVENT, channel_for, channel_prefix
 from .conf import settings
 
@@ -29,10 +29,19 @@ WHITESPACE: Final = re.compile(r"\s+", re.ASCII)
 
 
 def send(pk: Any, html: str) -> None:
-    """Push ``html`` to every open stream of user ``pk``, in any web process."""
+    """Push ``html`` to every open stream of user ``pk``, in any web process (or GRIP proxy)."""
     # One line of HTML is one `data:` line: less to store, publish, parse and
     # encode for every open stream than the template's indented lines.
+    if grip.enabled():
+        channel, data = channel_for(pk), one_line(html)
+        grip.publish(channel, _stored(channel, data))
+        return
     send_event(channel_for(pk), EVENT, one_line(html), json_encode=False)
+
+
+def _stored(channel: str, data: str) -> Event:
+    storage = get_storage()
+    return storage.append_event(channel, EVENT, data) if storage is not None else Event(channel, EVENT, data)
 
 
 def one_line(html: str) -> str:
@@ -45,12 +54,14 @@ def send_here(pk: Any, html: str) -> None:
 
     For what only this process's pages need, such as their resync after the
     event bus was away: it must not depend on the Redis listener having
-    subscribed again. The stored event replays to pages that reconnect.
+    subscribed again. The stored event replays to pages that reconnect. In GRIP
+    mode no stream is open here: it is published to the proxies as ``send`` does.
     """
-    channel, data = channel_for(pk), one_line(html)
-    storage = get_storage()
-    event = storage.append_event(channel, EVENT, data) if storage is not None else Event(channel, EVENT, data)
-    compat.deliver_here(channel, event)
+    if grip.enabled():
+        send(pk, html)
+        return
+    channel = channel_for(pk)
+    compat.deliver_here(channel, _stored(channel, one_line(html)))
 
 
 class ChannelManager(DefaultChannelManager):  # type: ignore[misc]  # django-eventstream is untyped

@@ -14,9 +14,12 @@ from typing import Any, Final
 
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.db import connections
 from django.http import (
     HttpRequest,
+    HttpResponse,
     HttpResponseBadRequest,
     HttpResponseBase,
     HttpResponseForbidden,
@@ -25,7 +28,7 @@ from django.http import (
 from django.utils.translation import gettext as _
 from django_eventstream.views import events as eventstream_events
 
-from . import cache, compat, store
+from . import cache, compat, grip, store
 from .watch import resync_open_pages, while_open
 
 logger = logging.getLogger(__name__)
@@ -36,6 +39,8 @@ RETRY_DELAYS: Final = (0.2, 0.5, 1)
 
 async def events(request: HttpRequest) -> HttpResponseBase:
     """The user's event stream."""
+    if grip.enabled():
+        return await _through_proxy(request)
     user = await request.auser()
     if not user.is_authenticated:
         return HttpResponseForbidden(_("Sign in to receive download events."))
@@ -60,6 +65,57 @@ async def events(request: HttpRequest) -> HttpResponseBase:
         response.streaming_content = while_open(user.pk, response.streaming_content)
     answer: HttpResponseBase = response
     return answer
+
+
+async def _through_proxy(request: HttpRequest) -> HttpResponseBase:
+    """GRIP mode: answer the proxy at once with the instructions that make it hold the stream.
+
+    Only a request whose ``Grip-Sig`` verifies with a proxy's key is served. The
+    proxy's own requests for a next link carry no session: there the user is the
+    one its signed ``es-meta`` names, and never someone else than the session's.
+    """
+    if request.method != "GET":
+        return HttpResponseNotAllowed(["GET"])
+    if not getattr(getattr(request, "grip", None), "signed", False):
+        return HttpResponse(
+            _("This event stream is served through the site's GRIP proxy; connect through it."),
+            status=421, content_type="text/plain; charset=utf-8",
+        )
+    user: Any = await request.auser()
+    token = request.GET.get("es-meta")
+    if token:
+        named = grip.es_meta_user(token)
+        if named is None:
+            return HttpResponseBadRequest("Invalid es-meta.")
+        if user.is_authenticated and str(user.pk) != named:
+            return HttpResponseForbidden(_("Sign in to receive download events."))
+        if not user.is_authenticated:
+            user = await _active_user(named)
+            if user is None:
+                return HttpResponseForbidden(_("Sign in to receive download events."))
+        # The channels are the user's, as for any request; django-eventstream writes a fresh es-meta.
+        query = request.GET.copy()
+        del query["es-meta"]
+        request.GET = query  # type: ignore[assignment]  # a copy without es-meta, read only from here
+    elif not user.is_authenticated:
+        return HttpResponseForbidden(_("Sign in to receive download events."))
+    problem = compat.unreadable_request(request)
+    if problem:
+        return HttpResponseBadRequest(problem)
+    request.user = user
+    await _in_a_context_of_its_own(cache.fail_stalled, user)
+    compat.resume_after_read()
+    response: HttpResponseBase = await sync_to_async(eventstream_events)(request, async_downloads=True)
+    return response
+
+
+async def _active_user(pk: str) -> Any:
+    model = get_user_model()
+    try:
+        user = await model._default_manager.aget(pk=pk)
+    except (model.DoesNotExist, ValueError, ValidationError):
+        return None
+    return user if getattr(user, "is_active", True) else None
 
 
 def _close_connections() -> None:

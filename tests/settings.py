@@ -16,7 +16,8 @@ WORK_DIR = os.environ.setdefault(
     "ASYNC_DOWNLOADS_TEST_DIR", tempfile.mkdtemp(prefix=f"async-downloads-test-{RUN_ID}-")
 )
 
-SECRET_KEY = "tests-only"
+# Long enough for the HMAC keys of the JWTs signed with it (PyJWT warns below 32 bytes).
+SECRET_KEY = "tests-only-not-secret-0c6f5b2e9a4d47e1b3a8f07d2c91e6b5"
 DEBUG = False
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True

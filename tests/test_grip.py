@@ -1,0 +1,322 @@
+"""GRIP mode of the SSE transport, in process: the stream view's answers, the signed next links,
+publishing to the proxies' control ports (real HTTP servers), the channel manager as a gate, the checks.
+
+tests/test_pushpin.py runs the same mode behind a real Pushpin with gunicorn's sync workers.
+"""
+
+import http.server
+import json
+import threading
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+import pytest
+from django.core.management import call_command
+from django.test import Client, RequestFactory
+from django.urls import reverse
+from django_eventstream import views as eventstream_views
+from django_grip import GripMiddleware
+
+from async_downloads import cache, channels, checks, grip, sse
+from async_downloads.channels import channel_for
+
+pytestmark = pytest.mark.django_db
+
+KEY = "grip-test-key-9d2c7e41b0a84f6c93e5d17a2b60f8c4"
+EVENTS = "/async_downloads/events/"
+
+
+def grip_sig(key=KEY, iss="pushpin", exp_in=3600):
+    return jwt.encode({"iss": iss, "exp": int(time.time()) + exp_in}, key, algorithm="HS256")
+
+
+class ControlPort:
+    """A real HTTP server standing in for a proxy's control port: it keeps what it is sent."""
+
+    def __init__(self, status=200, delay=0.0):
+        self.received = []
+        port = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                time.sleep(delay)
+                port.received.append((self.path, dict(self.headers), json.loads(body)))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def control_port():
+    port = ControlPort()
+    yield port
+    port.close()
+
+
+@pytest.fixture
+def grip_mode(settings, control_port):
+    settings.MIDDLEWARE = ["django_grip.GripMiddleware", *settings.MIDDLEWARE]
+    settings.GRIP_PROXIES = [{"control_uri": control_port.uri, "key": KEY}]
+    return control_port
+
+
+def through_proxy(client, path=EVENTS, sig=None, **headers):
+    return client.get(path, HTTP_GRIP_SIG=sig or grip_sig(), **headers)
+
+
+def next_link(response):
+    """The path and query of the response's Grip-Link next link."""
+    link = response["Grip-Link"]
+    return link[link.index("<") + 1: link.index(">")]
+
+
+def es_meta(user, exp_in=3600, key=None, iss="es"):
+    from django.conf import settings
+
+    claim = {"iss": iss, "exp": int(time.time()) + exp_in, "channels": [channel_for(user.pk)], "user": str(user.pk)}
+    return jwt.encode(claim, key or settings.SECRET_KEY.encode(), algorithm="HS256")
+
+
+class TestStreamRequests:
+    def test_through_the_proxy_the_answer_comes_at_once_with_the_users_channel(self, grip_mode, client_for, alice):
+        response = through_proxy(client_for(alice))
+        assert response.status_code == 200
+        assert response["Grip-Hold"] == "stream"
+        assert f"events-{channel_for(alice.pk)}" in response["Grip-Channel"]
+        assert "es-meta=" in response["Grip-Link"]
+        assert b"event: stream-open" in response.content
+
+    def test_a_direct_request_is_refused_at_once(self, grip_mode, client_for, alice):
+        response = client_for(alice).get(EVENTS)
+        assert response.status_code == 421
+        assert "Grip-Hold" not in response
+        assert "GRIP proxy" in response.content.decode()
+
+    @pytest.mark.parametrize("sig", [grip_sig(key="forged-" + "k" * 40), grip_sig(exp_in=-10), "not-a-jwt", ""])
+    def test_a_forged_expired_or_empty_signature_is_a_direct_request(self, grip_mode, client_for, alice, sig):
+        response = client_for(alice).get(EVENTS, HTTP_GRIP_SIG=sig)
+        assert response.status_code == 421
+
+    def test_signed_out_without_es_meta(self, grip_mode):
+        assert through_proxy(Client()).status_code == 403
+
+    def test_only_get(self, grip_mode, client_for, alice):
+        assert client_for(alice).post(EVENTS, HTTP_GRIP_SIG=grip_sig()).status_code == 405
+
+
+class TestNextLinks:
+    """The proxy's own requests for the next link: no session, the user in the signed es-meta."""
+
+    def test_the_next_link_serves_the_user_it_names(self, grip_mode, client_for, alice, bob):
+        first = through_proxy(client_for(alice))
+        response = through_proxy(Client(), next_link(first))
+        assert response.status_code == 200
+        assert response["Grip-Hold"] == "stream"
+        assert f"events-{channel_for(alice.pk)}" in response["Grip-Channel"]
+        assert channel_for(bob.pk) not in response["Grip-Channel"]
+
+    def test_a_recovery_replays_what_was_missed_even_after_es_meta_expired(self, grip_mode, client_for, alice, bob):
+        channel = channel_for(alice.pk)
+        storage = sse.EventStorage()
+        seen = storage.append_event(channel, "downloads", "<p>seen</p>")
+        storage.append_event(channel, "downloads", "<p>missed one</p>")
+        storage.append_event(channel, "downloads", "<p>missed two</p>")
+        storage.append_event(channel_for(bob.pk), "downloads", "<p>bob's</p>")
+        path = f"{EVENTS}?link=next&recover=true&es-meta={es_meta(alice, exp_in=-7200)}"
+        response = through_proxy(Client(), path, HTTP_GRIP_LAST=f"events-{channel}; last-id={seen.id}")
+        assert response.status_code == 200
+        body = response.content.decode()
+        assert "missed one" in body and "missed two" in body
+        assert "seen" not in body and "bob's" not in body
+        fresh = parse_qs(urlsplit(next_link(response)).query)["es-meta"][0]
+        assert jwt.decode(fresh, options={"verify_signature": False})["exp"] > time.time() + 3000
+
+    def test_es_meta_of_another_user_than_the_session(self, grip_mode, client_for, alice, bob):
+        response = through_proxy(client_for(alice), f"{EVENTS}?es-meta={es_meta(bob)}")
+        assert response.status_code == 403
+
+    @pytest.mark.parametrize("token", ["garbage", "x.y.z"])
+    def test_malformed_es_meta(self, grip_mode, token):
+        assert through_proxy(Client(), f"{EVENTS}?es-meta={token}").status_code == 400
+
+    def test_es_meta_signed_with_another_key_or_issuer(self, grip_mode, alice):
+        other_site = es_meta(alice, key=b"another-site-" + b"k" * 40)
+        assert through_proxy(Client(), f"{EVENTS}?es-meta={other_site}").status_code == 400
+        assert through_proxy(Client(), f"{EVENTS}?es-meta={es_meta(alice, iss='other')}").status_code == 400
+
+    def test_es_meta_of_a_deactivated_or_deleted_user(self, grip_mode, alice, bob):
+        alice.is_active = False
+        alice.save()
+        assert through_proxy(Client(), f"{EVENTS}?es-meta={es_meta(alice)}").status_code == 403
+        token = es_meta(bob)
+        bob.delete()
+        assert through_proxy(Client(), f"{EVENTS}?es-meta={token}").status_code == 403
+
+    def test_es_meta_without_the_proxys_signature(self, grip_mode, alice):
+        assert Client().get(f"{EVENTS}?es-meta={es_meta(alice)}").status_code == 421
+
+    def test_anonymous_es_meta(self, grip_mode):
+        from django.conf import settings
+
+        token = jwt.encode({"iss": "es", "exp": int(time.time()) + 60, "channels": ["x"], "user": "anonymous"},
+                           settings.SECRET_KEY.encode(), algorithm="HS256")
+        assert through_proxy(Client(), f"{EVENTS}?es-meta={token}").status_code == 400
+
+
+class TestPublishing:
+    def test_a_change_is_published_to_the_users_grip_channel(self, grip_mode, alice):
+        _, key = cache.init_download(alice, "report.csv")
+        cache.set_percentage(key, 40)
+        paths = {path for path, _, _ in grip_mode.received}
+        assert paths == {"/publish/"}
+        items = [item for _, _, body in grip_mode.received for item in body["items"]]
+        assert {item["channel"] for item in items} == {f"events-{channel_for(alice.pk)}"}
+        last = items[-1]
+        assert int(last["prev-id"]) == int(last["id"]) - 1
+        stream = last["formats"]["http-stream"]
+        assert stream["content-filters"] == ["build-id"]
+        assert stream["content"].startswith("event: downloads\nid: %I\ndata: ")
+        assert 'aria-valuenow="40"' in stream["content"]
+        # The stored event is the one published ("%" escaped for the id filter): a recovery replays it.
+        stored = sse.EventStorage().get_events(channel_for(alice.pk), int(last["id"]) - 1)[0]
+        assert stored.data.replace("%", "%%") in stream["content"]
+
+    def test_the_key_signs_a_jwt_when_the_proxy_has_an_issuer(self, settings, grip_mode, alice):
+        settings.GRIP_PROXIES = [{"control_uri": grip_mode.uri, "key": KEY, "control_iss": "site"}]
+        sse.send(alice.pk, "<p>hi</p>")
+        auth = grip_mode.received[-1][1]["Authorization"]
+        assert jwt.decode(auth.removeprefix("Bearer "), KEY, algorithms=["HS256"])["iss"] == "site"
+
+    def test_every_proxy_gets_it_and_a_failing_one_is_named(self, settings, grip_mode, alice):
+        broken = ControlPort(status=500)
+        try:
+            settings.GRIP_PROXIES = [{"control_uri": uri, "key": KEY} for uri in (broken.uri, grip_mode.uri)]
+            with pytest.raises(grip.PublishError, match=broken.uri):
+                sse.send(alice.pk, "<p>hi</p>")
+            assert grip_mode.received and broken.received
+        finally:
+            broken.close()
+
+    def test_a_proxy_that_does_not_answer_costs_the_timeout_only(self, settings, grip_mode, alice):
+        slow = ControlPort(delay=3)
+        try:
+            settings.GRIP_PROXIES = [{"control_uri": slow.uri, "key": KEY}]
+            settings.ASYNC_DOWNLOADS_GRIP_PUBLISH_TIMEOUT = 0.3
+            start = time.monotonic()
+            with pytest.raises(grip.PublishError):
+                sse.send(alice.pk, "<p>hi</p>")
+            assert time.monotonic() - start < 2
+        finally:
+            slow.close()
+
+    def test_a_failed_publish_never_fails_the_task_and_is_resent(self, settings, grip_mode, alice, caplog):
+        _, key = cache.init_download(alice, "report.csv")
+        settings.GRIP_PROXIES = [{"control_uri": "http://127.0.0.1:9", "key": KEY}]  # nothing listens
+        cache.set_percentage(key, 10)  # does not raise
+        assert "will resend" in caplog.text
+        before = len(grip_mode.received)
+        settings.GRIP_PROXIES = [{"control_uri": grip_mode.uri, "key": KEY}]
+
+        def resent():
+            for _, _, body in grip_mode.received[before:]:
+                content = body["items"][0]["formats"]["http-stream"]["content"]
+                if key in content:
+                    return content
+
+        deadline = time.monotonic() + 10
+        while not resent() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        content = resent()
+        assert content and 'id="async-downloads-list"' in content, content
+        assert 'aria-valuenow="10"' in content, content
+
+
+class TestChannelManagerAsAGate:
+    """django-eventstream's own view, should a site mount it, relies on the channel manager alone."""
+
+    def request(self, user, channel):
+        request = RequestFactory().get("/events/", {"channel": channel}, HTTP_GRIP_SIG=grip_sig())
+        request.user = user
+        return GripMiddleware(eventstream_views.events)(request)
+
+    def test_directly(self, alice, bob):
+        from django.contrib.auth.models import AnonymousUser
+
+        manager = sse.ChannelManager()
+        assert manager.can_read_channel(alice, channel_for(alice.pk))
+        assert not manager.can_read_channel(bob, channel_for(alice.pk))
+        assert not manager.can_read_channel(AnonymousUser(), channel_for(alice.pk))
+        assert not manager.can_read_channel(None, channel_for(alice.pk))
+        forged = channels.channel_prefix() + f"{alice.pk}-" + "0" * channels.DIGEST_LENGTH
+        assert not manager.can_read_channel(alice, forged)
+
+    def test_through_django_eventstreams_own_view(self, grip_mode, alice, bob):
+        from django.contrib.auth.models import AnonymousUser
+
+        own = self.request(alice, channel_for(alice.pk))
+        assert own.status_code == 200 and own["Grip-Hold"] == "stream"
+        for user in (bob, AnonymousUser()):
+            refused = self.request(user, channel_for(alice.pk))
+            assert "Grip-Hold" not in refused
+            assert b"event: stream-error" in refused.content and b"forbidden" in refused.content
+
+
+class TestChecks:
+    def ids(self):
+        return {message.id for message in checks.check_grip() + checks.check_event_bus()}
+
+    def test_a_good_configuration(self, grip_mode):
+        assert self.ids() == set()
+
+    def test_grip_proxies_are_an_event_bus(self, grip_mode, settings):
+        del settings.EVENTSTREAM_REDIS
+        assert "async_downloads.W002" not in self.ids()
+
+    def test_grip_on_without_proxies(self, settings):
+        settings.ASYNC_DOWNLOADS_GRIP = True
+        settings.MIDDLEWARE = ["django_grip.GripMiddleware", *settings.MIDDLEWARE]
+        assert self.ids() == {"async_downloads.E006"}
+
+    def test_a_proxy_without_a_key_or_with_the_default_one(self, grip_mode, settings):
+        settings.GRIP_PROXIES = [{"control_uri": "http://127.0.0.1:5561"}]
+        assert self.ids() == {"async_downloads.E007"}
+        settings.GRIP_PROXIES = [{"control_uri": "http://127.0.0.1:5561", "key": "changeme"}]
+        assert self.ids() == {"async_downloads.E008"}
+        settings.GRIP_PROXIES = []
+        settings.GRIP_URL = "http://127.0.0.1:5561?key=changeme"
+        assert self.ids() == {"async_downloads.E008"}
+
+    def test_the_middleware_missing_or_not_first(self, grip_mode, settings):
+        settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != "django_grip.GripMiddleware"]
+        assert self.ids() == {"async_downloads.E009"}
+        settings.MIDDLEWARE = [*settings.MIDDLEWARE, "django_grip.GripMiddleware"]
+        assert self.ids() == {"async_downloads.W006"}
+
+    def test_reported_by_manage_py_check(self, grip_mode, settings, capsys):
+        settings.GRIP_PROXIES = [{"control_uri": "http://127.0.0.1:5561", "key": "changeme"}]
+        with pytest.raises(Exception, match="E008"):
+            call_command("check")
+
+    def test_off_when_grip_is_off(self, grip_mode, settings):
+        settings.ASYNC_DOWNLOADS_GRIP = False
+        settings.GRIP_PROXIES = [{"control_uri": "http://127.0.0.1:5561", "key": "changeme"}]
+        assert checks.check_grip() == []
+
+
+def test_the_centre_in_grip_mode_connects_through_the_same_url(grip_mode, client_for, alice):
+    cache.init_download(alice, "report.csv")
+    page = client_for(alice).get(reverse("home")).content.decode()
+    assert f'sse-connect="{EVENTS}' in page
