@@ -37,6 +37,8 @@ DEFAULTS = {
     # GRIP mode of the SSE transport (async_downloads.grip): None = on when GRIP_PROXIES or GRIP_URL is set.
     "GRIP": None,
     "GRIP_PUBLISH_TIMEOUT": 2,
+    # Idle centres keep their stream open too: None = in GRIP mode only.
+    "IDLE_STREAMS": None,
     # Writing files (async_downloads.writers).
     "CSV_ENCODING": "utf-8",
     "ESCAPE_FORMULAS": False,

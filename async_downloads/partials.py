@@ -28,7 +28,7 @@ from django.urls import reverse
 from django.utils import translation
 from django.utils.functional import Promise
 
-from . import records, store
+from . import grip, records, store
 from .channels import current_event_id
 from .conf import TRANSPORTS, settings, transport
 from .records import Record
@@ -68,9 +68,18 @@ def centre_context(pk: Any, downloads: list[Record] | None = None, preserve: boo
         "events_url": "",
         "ws_url": settings.WS_URL,
     }
-    if in_progress and context["transport"] == "sse":
+    # An open stream while something runs; always, where idle connections are cheap (see ``idle_streams``).
+    context["stream"] = context["transport"] == "sse" and bool(in_progress or idle_streams())
+    if context["stream"]:
         context["events_url"] = events_url(pk)
     return context
+
+
+def idle_streams() -> bool:
+    """Whether idle centres keep their stream open too: ``ASYNC_DOWNLOADS_IDLE_STREAMS``, or
+    where it is None (the default), in GRIP mode, where the proxy holds connections cheaply."""
+    explicit = settings.IDLE_STREAMS
+    return grip.enabled() if explicit is None else bool(explicit)
 
 
 def version(downloads: list[Record]) -> str:

@@ -320,3 +320,31 @@ def test_the_centre_in_grip_mode_connects_through_the_same_url(grip_mode, client
     cache.init_download(alice, "report.csv")
     page = client_for(alice).get(reverse("home")).content.decode()
     assert f'sse-connect="{EVENTS}' in page
+
+
+class TestIdleStreams:
+    def page(self, client_for, alice):
+        return client_for(alice).get(reverse("home")).content.decode()
+
+    def test_in_grip_mode_an_idle_centre_keeps_its_stream(self, grip_mode, client_for, alice):
+        page = self.page(client_for, alice)
+        assert f'sse-connect="{EVENTS}' in page and "?idle=" not in page
+
+    def test_finishing_the_last_download_leaves_the_stream_open(self, grip_mode, alice):
+        from async_downloads import events, partials
+
+        _, key = cache.init_download(alice, "report.csv")
+        cache.cancel_download(key)
+        message = partials.render_message(alice.pk, cache.get_download(key), events.CANCELLED)
+        assert 'id="async-downloads-connection"' not in message
+
+    def test_the_setting_turns_it_off_in_grip_mode(self, grip_mode, settings, client_for, alice):
+        settings.ASYNC_DOWNLOADS_IDLE_STREAMS = False
+        page = self.page(client_for, alice)
+        assert "sse-connect" not in page and "?idle=" in page
+
+    def test_and_on_without_grip(self, settings, client_for, alice):
+        page = self.page(client_for, alice)
+        assert "sse-connect" not in page and "?idle=" in page
+        settings.ASYNC_DOWNLOADS_IDLE_STREAMS = True
+        assert f'sse-connect="{EVENTS}' in self.page(client_for, alice)
