@@ -1,5 +1,6 @@
 """Start and stop the real processes (web servers, workers) of the tests, benchmarks and demo."""
 
+import functools
 import json
 import os
 import signal
@@ -10,8 +11,8 @@ import time
 
 from .redis_server import free_port
 
-__all__ = ["JsonLines", "cpu_seconds", "free_port", "reply", "start_celery_worker", "start_uvicorn", "stop",
-           "wait_for_port"]
+__all__ = ["JsonLines", "cpu_seconds", "free_port", "reply", "start_celery_worker", "start_gunicorn", "start_uvicorn",
+           "stop", "wait_for_port"]
 
 
 def stop(process, timeout=10):
@@ -56,6 +57,37 @@ def start_uvicorn(app, env, port=None, factory=False, wait=True, graceful_timeou
     """A uvicorn process serving ``app`` with ``env``; returns ``(process, url)``."""
     port = port or free_port()
     process = subprocess.Popen(uvicorn_command(app, port, factory, graceful_timeout), env=env, **popen)
+    if wait:
+        try:
+            wait_for_port(port, process)
+        except BaseException:
+            stop(process)
+            raise
+    return process, f"http://127.0.0.1:{port}"
+
+
+@functools.cache
+def gunicorn_has_option(option):
+    """Whether the installed gunicorn knows the command line ``option``."""
+    usage = subprocess.run([sys.executable, "-m", "gunicorn", "--help"], capture_output=True, text=True).stdout
+    return option in usage.split()
+
+
+def gunicorn_command(wsgi_app, port, workers=2, timeout=30, graceful_timeout=2):
+    """gunicorn's command line: ``workers`` sync workers (one silent for ``timeout`` seconds, stuck on a
+    request, is killed and replaced); a stopped server gives open requests ``graceful_timeout`` seconds.
+    No control socket (gunicorn 23+ opens one under ~/.gunicorn, shared by every gunicorn of the user)."""
+    command = [sys.executable, "-m", "gunicorn", wsgi_app, "--bind", f"127.0.0.1:{port}",
+               "--worker-class", "sync", "--workers", str(workers), "--timeout", str(timeout),
+               "--graceful-timeout", str(graceful_timeout), "--log-level", "warning"]
+    return command + ["--no-control-socket"] if gunicorn_has_option("--no-control-socket") else command
+
+
+def start_gunicorn(wsgi_app, env, port=None, workers=2, timeout=30, wait=True, graceful_timeout=2, **popen):
+    """A gunicorn process serving ``wsgi_app`` (``module:name``) with ``env``; returns ``(process, url)``."""
+    port = port or free_port()
+    process = subprocess.Popen(gunicorn_command(wsgi_app, port, workers, timeout, graceful_timeout), env=env,
+                               **popen)
     if wait:
         try:
             wait_for_port(port, process)
