@@ -25,6 +25,8 @@ system-deps:
     if ! command -v redis-server >/dev/null; then need+=(redis-server); fi
     if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then need+=(chromium); fi
     if ! command -v msgfmt >/dev/null || ! command -v xgettext >/dev/null; then need+=(gettext); fi
+    # Pushpin, the GRIP proxy of the tests and benchmarks behind a proxy (devtools/pushpin.py); it brings condure and zurl.
+    if ! command -v pushpin >/dev/null; then need+=(pushpin); fi
     if [ ${#need[@]} -eq 0 ]; then exit 0; fi
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "Installing ${need[*]} (apt-get)…"
