@@ -1,0 +1,15 @@
+"""Settings of the processes behind a real Pushpin (tests/test_pushpin.py): the test settings in GRIP mode.
+
+``ASYNC_DOWNLOADS_TEST_GRIP`` holds the proxies as JSON, ``[{"control_uri": ..., "key": ...}]``.
+No ``EVENTSTREAM_REDIS``: in GRIP mode events go to the proxies, not through Redis pub/sub.
+"""
+
+import json
+import os
+
+from tests.settings import *  # noqa: F403
+from tests.settings import MIDDLEWARE
+
+MIDDLEWARE = ["django_grip.GripMiddleware", *MIDDLEWARE]
+GRIP_PROXIES = json.loads(os.environ.get("ASYNC_DOWNLOADS_TEST_GRIP", "[]"))
+del EVENTSTREAM_REDIS  # noqa: F821

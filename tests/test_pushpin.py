@@ -1,0 +1,181 @@
+"""GRIP mode behind a real Pushpin, with gunicorn's sync workers and a Celery worker (real processes).
+
+One Pushpin, one gunicorn (2 sync workers) and one Celery worker per module; the restart
+tests bring them back on the same ports. The pytest process publishes in GRIP mode too
+(``grip`` fixture), so that what a test changes reaches Pushpin without a web process.
+"""
+
+import json
+import secrets
+import time
+
+import httpx
+import pytest
+
+from async_downloads import cache
+from async_downloads.channels import channel_for
+from devtools.processes import free_port, start_gunicorn
+from devtools.pushpin import Pushpin
+from tests.processes import child_env, start_worker, stop
+from tests.sse_client import StreamReader, session_cookies
+from tests.testapp.tasks import ping, report_progress
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+KEY = secrets.token_hex(24)
+QUEUE = "grip-worker"
+EVENTS = "/async_downloads/events/"
+
+
+class Site:
+    """Pushpin in front of gunicorn, in GRIP mode; a Celery worker with the same settings."""
+
+    def __init__(self):
+        self.web_port = free_port()
+        self.proxy = Pushpin([f"127.0.0.1:{self.web_port}"], sig_key=KEY)
+        self.proxies = [{"control_uri": self.proxy.control_uri, "key": KEY}]
+        self.env = child_env(DJANGO_SETTINGS_MODULE="tests.grip_settings",
+                             ASYNC_DOWNLOADS_TEST_GRIP=json.dumps(self.proxies))
+        self.web = self.worker = None
+
+    def start(self):
+        self.start_web()
+        self.proxy.start()
+        self.worker = start_worker(self.env, "-Q", QUEUE)
+        ping.apply_async(queue=QUEUE).get(timeout=60)
+        return self
+
+    def start_web(self):
+        self.web, self.web_url = start_gunicorn("tests.wsgi:application", self.env, port=self.web_port, workers=2)
+
+    def stop(self):
+        stop(self.worker)
+        stop(self.web)
+        self.proxy.close()
+
+
+@pytest.fixture(scope="module")
+def site(django_db_setup, django_db_blocker):
+    running = Site()
+    try:
+        yield running.start()
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def grip(settings, site):
+    settings.GRIP_PROXIES = site.proxies
+    return site
+
+
+def stream(site, user, **options):
+    return StreamReader(site.proxy.url + EVENTS, cookies=session_cookies(user), **options)
+
+
+def percentages(events, key):
+    """The percentages of ``key``'s rows among ``events``, in order."""
+    found = []
+    for event in events:
+        if key in event["data"] and 'aria-valuenow="' in event["data"]:
+            found.append(int(event["data"].split('aria-valuenow="', 1)[1].split('"', 1)[0]))
+    return found
+
+
+def complete(events, key):
+    return any(f'id="download-{key}" class="async-download async-download--complete' in e["data"] for e in events)
+
+
+def wait_for(reader, key, percentage=None, timeout=15):
+    """The events up to the row of ``key`` at ``percentage`` (None: complete)."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen += reader.drain(wait=0.2)
+        if (percentage in percentages(seen, key)) if percentage is not None else complete(seen, key):
+            return seen
+    raise AssertionError(f"{percentage or 'complete'} of {key} did not arrive; seen {percentages(seen, key)}")
+
+
+def test_a_workers_progress_reaches_the_user_through_pushpin_while_sync_workers_stay_free(grip, alice, bob):
+    readers = [stream(grip, alice) for _ in range(5)]  # more streams than gunicorn has workers
+    other = stream(grip, bob)
+    for reader in [*readers, other]:
+        reader.__enter__()
+    try:
+        # Pushpin fetches each stream's next link about a second in (no session there): still held after it.
+        time.sleep(2)
+        start = time.monotonic()
+        page = httpx.get(grip.proxy.url + "/login/", timeout=10)
+        assert page.status_code == 200 and time.monotonic() - start < 2, "a sync worker is held"
+        _, key = cache.init_download(alice, "report.csv")
+        report_progress.apply_async((key,), {"steps": [25, 50, 75], "pause": 0.1}, queue=QUEUE)
+        for reader in readers:
+            seen = wait_for(reader, key)
+            assert [p for p in percentages(seen, key) if p] == [25, 50, 75]
+            assert reader.connections == 1
+        assert cache.get_download(key)["complete"]
+        assert not [e for e in other.drain(wait=1) if key in e["data"] or channel_for(alice.pk) in e["data"]]
+    finally:
+        for reader in [*readers, other]:
+            reader.__exit__()
+
+
+def test_a_direct_request_gets_421_at_once_also_with_a_forged_signature(grip, alice):
+    cookies = session_cookies(alice)
+    for headers in ({}, {"Grip-Sig": "forged"}):
+        start = time.monotonic()
+        response = httpx.get(grip.web_url + EVENTS, cookies=cookies, headers=headers, timeout=10)
+        assert response.status_code == 421
+        assert time.monotonic() - start < 2
+
+
+def test_restarting_gunicorn_under_open_streams_drops_none_and_loses_nothing(grip, alice):
+    _, key = cache.init_download(alice, "report.csv")
+    with stream(grip, alice, reconnect=True) as reader:
+        time.sleep(1.5)
+        cache.set_percentage(key, 10)
+        wait_for(reader, key, 10)
+        stop(grip.web)
+        cache.set_percentage(key, 20)  # published while no web process runs
+        grip.start_web()
+        cache.set_percentage(key, 30)
+        seen = wait_for(reader, key, 30)
+        assert percentages(seen, key) == [20, 30]
+        assert reader.connections == 1
+
+
+def test_restarting_pushpin_clients_reconnect_with_their_last_id_and_miss_nothing(grip, alice):
+    _, key = cache.init_download(alice, "report.csv")
+    with stream(grip, alice, reconnect=True) as reader:
+        time.sleep(1.5)
+        cache.set_percentage(key, 10)
+        wait_for(reader, key, 10)
+        grip.proxy.stop()
+        cache.set_percentage(key, 20)  # fails to publish; stored, and replayed on reconnect
+        grip.proxy.start()
+        seen = wait_for(reader, key, 20, timeout=20)
+        assert reader.connections == 2
+        cache.set_percentage(key, 30)
+        seen += wait_for(reader, key, 30)
+        assert 20 in percentages(seen, key)
+
+
+def test_two_pushpins_in_front_of_two_web_processes(grip, settings, alice):
+    second = Site()
+    second.proxies = grip.proxies + second.proxies
+    settings.GRIP_PROXIES = second.proxies
+    second.env["ASYNC_DOWNLOADS_TEST_GRIP"] = json.dumps(second.proxies)
+    second.start_web()
+    second.proxy.start()
+    try:
+        _, key = cache.init_download(alice, "report.csv")
+        with stream(grip, alice) as one, stream(second, alice) as two:
+            time.sleep(1.5)
+            for percentage in (10, 20, 30):
+                cache.set_percentage(key, percentage)
+            assert percentages(wait_for(one, key, 30), key) == [10, 20, 30]
+            assert percentages(wait_for(two, key, 30), key) == [10, 20, 30]
+    finally:
+        stop(second.web)
+        second.proxy.close()
