@@ -8,8 +8,10 @@ import json
 import os
 
 from tests.settings import *  # noqa: F403
-from tests.settings import MIDDLEWARE
+from tests.settings import CELERY_TASK_DEFAULT_QUEUE, MIDDLEWARE
 
 MIDDLEWARE = ["django_grip.GripMiddleware", *MIDDLEWARE]
 GRIP_PROXIES = json.loads(os.environ.get("ASYNC_DOWNLOADS_TEST_GRIP", "[]"))
 del EVENTSTREAM_REDIS  # noqa: F821
+# Tasks started by these web processes go to the worker that runs with these settings.
+CELERY_TASK_DEFAULT_QUEUE += "-grip"

@@ -11,11 +11,13 @@ import time
 
 import httpx
 import pytest
+from django.conf import settings
 
 from async_downloads import cache
 from async_downloads.channels import channel_for
 from devtools.processes import free_port, start_gunicorn
 from devtools.pushpin import Pushpin
+from tests.browser import export_and_watch, log_in
 from tests.processes import child_env, start_worker, stop
 from tests.sse_client import StreamReader, session_cookies
 from tests.testapp.tasks import ping, report_progress
@@ -23,7 +25,7 @@ from tests.testapp.tasks import ping, report_progress
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 KEY = secrets.token_hex(24)
-QUEUE = "grip-worker"
+QUEUE = settings.CELERY_TASK_DEFAULT_QUEUE + "-grip"  # tests/grip_settings.py's default queue
 EVENTS = "/async_downloads/events/"
 
 
@@ -179,3 +181,17 @@ def test_two_pushpins_in_front_of_two_web_processes(grip, settings, alice):
     finally:
         stop(second.web)
         second.proxy.close()
+
+
+@pytest.mark.browser
+def test_chromium_through_pushpin_on_wsgi_shows_progress_and_the_link(grip, browser, alice, tmp_path):
+    page = browser.new_page(accept_downloads=True)
+    log_in(page, grip.proxy.url, "alice", "alice-pw")
+    assert page.locator("[sse-connect]").count() == 1  # GRIP mode: idle centres keep their stream
+    seen = export_and_watch(page, grip.proxy.url, tmp_path)
+    assert len(seen) >= 3 and seen == sorted(seen), seen
+    with page.expect_download() as info:
+        page.click(".async-download__link")
+    path = tmp_path / "file.csv"
+    info.value.save_as(path)
+    assert path.read_bytes() == ("n,square\n" + "".join(f"{n},{n * n}\n" for n in range(40))).encode()
