@@ -71,11 +71,12 @@ class Pushpin:
 
     ``backends`` are ``"127.0.0.1:PORT"`` targets of the one route (``*``) of its routes
     file; ``sig_key`` (str or bytes, the caller's secret) and ``sig_iss`` sign the requests
-    to them. Ports are chosen once: ``restart()`` brings it back on the same ones.
+    to them. Ports are chosen once: ``restart()`` brings it back on the same ones. ``port``
+    is the client port (default: a free one); the others are always free ones.
     """
 
     def __init__(self, backends: Sequence[str], sig_key: str | bytes, sig_iss: str = "pushpin",
-                 log_level: int = 2, workdir: str | None = None) -> None:
+                 log_level: int = 2, workdir: str | None = None, port: int | None = None) -> None:
         missing = _missing_programs()
         if missing:
             raise RuntimeError(
@@ -92,6 +93,8 @@ class Pushpin:
             raise ValueError("Pushpin needs a sig_key of the caller's (not its public default, changeme).")
         if not re.fullmatch(r"[\w.:/@-]+", sig_iss):
             raise ValueError(f"sig_iss {sig_iss!r} has characters Pushpin's config would misread.")
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"The client port is 1 to 65535, not {port!r}.")
         self.backends = list(backends)
         self.sig_key = sig_key
         self.sig_iss = sig_iss
@@ -106,9 +109,12 @@ class Pushpin:
         self.routes_path = os.path.join(self.dir, "routes")
         self.log_path = os.path.join(self.dir, "pushpin.log")
         ports: set[int] = set()
-        while len(ports) < 5:
-            ports.add(free_port())
-        self.port, self.control_port, self.push_in_port, self.push_in_sub_port, self.command_port = sorted(ports)
+        while len(ports) < (5 if port is None else 4):
+            candidate = free_port()
+            if candidate != port:
+                ports.add(candidate)
+        chosen = sorted(ports) if port is None else [port, *sorted(ports)]
+        self.port, self.control_port, self.push_in_port, self.push_in_sub_port, self.command_port = chosen
         # A port bound and not listening, so that nobody else can listen on it while this object lives.
         self._refused = socket.socket()
         self._refused.bind(("127.0.0.1", 0))
