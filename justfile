@@ -108,6 +108,36 @@ demo: setup
     # prints the address once the site answers, and stops everything on Ctrl-C (status 0).
     exec python sample_site/run_demo.py --port "${PORT:-8000}"
 
+# The sample site behind a real Pushpin (GRIP mode) at http://127.0.0.1:8000 (PORT=…): gunicorn's sync workers on a private port, a Celery worker and Redis.
+[continue]  # as for demo
+demo-pushpin: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd "{{justfile_directory()}}"
+    apt_install() {  # as root on Debian/Ubuntu
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            echo "Installing $1 (apt-get)…"
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+        else
+            return 1
+        fi
+    }
+    redis_answers() { python -c "import os, sys; from devtools.redis_server import answers, DEFAULT_URL; sys.exit(not answers(os.environ.get('REDIS_URL') or DEFAULT_URL))"; }
+    if ! command -v redis-server >/dev/null && ! redis_answers && ! apt_install redis-server; then
+        echo "No Redis answers at ${REDIS_URL:-redis://127.0.0.1:6379/0} and redis-server is not installed." >&2
+        echo "Install it (sudo apt-get install redis-server, or brew install redis), or set REDIS_URL." >&2
+        exit 1
+    fi
+    # Pushpin, the GRIP proxy (Debian's package brings condure and zurl).
+    if ! command -v pushpin >/dev/null && ! apt_install pushpin; then
+        echo "Pushpin is not installed: install the pushpin package (e.g. sudo apt-get install pushpin)." >&2
+        exit 1
+    fi
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" DJANGO_SETTINGS_MODULE=sample_site.settings
+    # As for demo, with gunicorn (sample_site.wsgi) on a free port and Pushpin on PORT in front of it,
+    # its control port and a random key in every process's settings (GRIP mode).
+    exec python sample_site/run_demo.py --pushpin --port "${PORT:-8000}"
+
 # PNGs of the centre (idle, exporting, complete, failed) per template set in docs/screenshots/ (`just screenshots toast`: one set).
 screenshots *sets: setup system-deps
     #!/usr/bin/env bash

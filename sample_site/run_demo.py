@@ -1,6 +1,6 @@
 """``just demo``: the sample site's processes, started, watched and stopped by one small supervisor.
 
-    python sample_site/run_demo.py [--port 8000] [--log PATH]
+    python sample_site/run_demo.py [--port 8000] [--log PATH] [--pushpin]
 
 It migrates and seeds the database (with a progress bar), uses the Redis at ``REDIS_URL`` (or starts
 a private ``redis-server`` for the session), then runs uvicorn and a Celery worker with beat, each in
@@ -16,6 +16,12 @@ A second Ctrl-C skips the grace.
 
 A worker that dies is restarted (with a line saying so; the exports it was running are marked as
 failed, so that they can be retried). The web server dying stops the demo, with status 1.
+
+With ``--pushpin`` (``just demo-pushpin``), the site runs in the app's GRIP mode: gunicorn's sync
+workers serve ``sample_site.wsgi`` on a private free port, and a real Pushpin (``devtools.pushpin``,
+with a random key) in front of it holds the event streams; the address given is Pushpin's, on
+``--port``. Every process gets ``DEMO_PUSHPIN_CONTROL_URI`` and ``DEMO_PUSHPIN_KEY``, which the
+settings turn into ``GRIP_PROXIES``. Pushpin or gunicorn dying stops the demo, with status 1.
 """
 
 import argparse
@@ -23,6 +29,7 @@ import collections
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -46,6 +53,8 @@ import django  # noqa: E402
 from django.conf import settings  # noqa: E402 (read once REDIS_URL is settled, in prepare())
 from django.core.management import call_command  # noqa: E402
 
+from devtools.processes import gunicorn_command  # noqa: E402
+from devtools.pushpin import Pushpin  # noqa: E402
 from devtools.redis_server import DEFAULT_URL, answers, free_port  # noqa: E402
 from sample_site.shop.demo import DEMO_USERS, masked  # noqa: E402
 
@@ -53,7 +62,8 @@ from sample_site.shop.demo import DEMO_USERS, masked  # noqa: E402
 # cancelled; a cancelled task stops at its next progress report, within CANCEL_WAIT.
 GRACE = 3.0
 CANCEL_WAIT = 8.0
-WEB_STOP = 5.0  # uvicorn closes open event streams after 2 s (--timeout-graceful-shutdown)
+WEB_STOP = 5.0  # uvicorn closes open event streams after 2 s (--timeout-graceful-shutdown), gunicorn requests too
+GUNICORN_WORKERS = 3  # sync workers: none is held by a stream, Pushpin holds them
 READY_TIMEOUT = 180.0  # for the site to answer and the worker to be ready, on a slow first start
 RESTARTS, RESTART_WINDOW = 3, 60.0  # a worker that dies this often within the window stops the demo
 WORKER_READY = re.compile(r"\bcelery@\S+ ready\.")
@@ -131,6 +141,32 @@ def port_in_use(port):
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def how_it_ended(status):
+    """``exit status 1``, ``killed by SIGKILL``: of a process's return code."""
+    if status is not None and status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exit status {status}"
+
+
+def kill_session(sid):
+    """SIGKILL whatever is left of the session ``sid`` led (Linux): Pushpin's programs, each in a group of
+    its own, outlive a runner that was killed."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return
+    for entry in filter(str.isdigit, entries):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            if int(stat[stat.rindex(")") + 2:].split()[3]) == sid:  # state, ppid, pgrp, session
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue
+
+
 class Stop(Exception):
     """The demo stops: ``status`` is its exit status."""
 
@@ -178,13 +214,7 @@ class Child:
         return self.process is not None and self.process.poll() is None
 
     def how_it_ended(self):
-        status = self.process.returncode
-        if status is not None and status < 0:
-            try:
-                return f"killed by {signal.Signals(-status).name}"
-            except ValueError:
-                return f"killed by signal {-status}"
-        return f"exit status {status}"
+        return how_it_ended(self.process.returncode)
 
     def terminate(self):
         """SIGTERM to the main process only (its children are its to stop)."""
@@ -242,13 +272,21 @@ class LogHandler(logging.Handler):
             self.handleError(record)
 
 
+def capitalized(text):
+    return text[:1].upper() + text[1:]
+
+
 class Demo:
-    def __init__(self, port, log_path):
+    def __init__(self, port, log_path, pushpin=False):
         self.port = port
         self.url = f"http://127.0.0.1:{port}/"
         self.log_path = log_path
+        self.pushpin = pushpin
+        self.server = "gunicorn" if pushpin else "uvicorn"
         self.log = None
         self.web = self.worker = None
+        self.proxy = None  # the Pushpin of --pushpin
+        self.proxy_pid = None  # its runner's, the leader of its session
         self.redis_process = None
         self.signals = []
         self.restarts = []
@@ -276,9 +314,11 @@ class Demo:
             self.prepare()
         except KeyboardInterrupt:
             say("", "Stopped before the demo started.")
+            self.close_proxy()
             self.stop_redis()
             return 0
         except Stop as stop:
+            self.close_proxy()
             self.stop_redis()
             return stop.status
         for signum in handled:
@@ -295,8 +335,12 @@ class Demo:
 
     def prepare(self):
         if port_in_use(self.port):
-            say(f"Port {self.port} is in use. Stop what runs there, or choose another: PORT={self.port + 1} just demo")
+            recipe = "demo-pushpin" if self.pushpin else "demo"
+            say(f"Port {self.port} is in use. Stop what runs there, or choose another: "
+                f"PORT={self.port + 1} just {recipe}")
             raise Stop(1)
+        if self.pushpin:
+            self.prepare_proxy()
         self.redis_url = os.environ.get("REDIS_URL") or DEFAULT_URL
         self.private_redis = not answers(self.redis_url)
         if self.private_redis:
@@ -317,6 +361,36 @@ class Demo:
         self.users = list(get_user_model().objects.filter(username__in=[name for name, _, _ in DEMO_USERS]))
         connections.close_all()
 
+    def prepare_proxy(self):
+        """The Pushpin on the public port, in front of gunicorn's private one (started in ``start()``);
+        its control URI and key go to every process's settings (and this one's, which cancels exports)."""
+        if shutil.which("pushpin") is None:
+            say("Pushpin is not installed: install the pushpin package (Debian/Ubuntu: apt-get install pushpin; "
+                "it brings condure and zurl), or run `just demo-pushpin` as root, which installs it.")
+            raise Stop(1)
+        key = secrets.token_hex(32)
+        while True:
+            self.web_port = free_port()
+            try:
+                self.proxy = Pushpin([f"127.0.0.1:{self.web_port}"], key, port=self.port)
+            except (RuntimeError, ValueError) as error:
+                say(f"Pushpin cannot run: {error}")
+                raise Stop(1) from None
+            if self.web_port not in (self.proxy.control_port, self.proxy.push_in_port, self.proxy.push_in_sub_port,
+                                     self.proxy.command_port):
+                break
+            self.close_proxy()
+        os.environ["DEMO_PUSHPIN_CONTROL_URI"] = self.proxy.control_uri
+        os.environ["DEMO_PUSHPIN_KEY"] = key
+
+    def web_command(self):
+        python = sys.executable
+        if self.pushpin:
+            return [*gunicorn_command("sample_site.wsgi:application", self.web_port, workers=GUNICORN_WORKERS),
+                    "--log-level", "info", "--access-logfile", "-"]  # (the last --log-level counts)
+        return [python, "-m", "uvicorn", "sample_site.asgi:application", "--app-dir", str(ROOT),
+                "--host", "127.0.0.1", "--port", str(self.port), "--timeout-graceful-shutdown", "2"]
+
     def start(self):
         self.log = Log(self.log_path)
         handler = LogHandler(self.log)
@@ -330,31 +404,60 @@ class Demo:
             "PYTHONUNBUFFERED": "1",
         }
         python = sys.executable
-        self.web = Child("web", "the web server (uvicorn)", [
-            python, "-m", "uvicorn", "sample_site.asgi:application", "--app-dir", str(ROOT),
-            "--host", "127.0.0.1", "--port", str(self.port), "--timeout-graceful-shutdown", "2",
-        ], env, self.log)
+        self.web = Child("web", f"the web server ({self.server})", self.web_command(), env, self.log)
         self.worker = Child("worker", "the Celery worker", [
             python, "-m", "celery", "-A", "sample_site", "--quiet", "worker", "--loglevel", "INFO",
             "--concurrency", "3", "--without-gossip", "--without-mingle", "--beat",
         ], env, self.log)
         log = shown_path(self.log_path)
-        self.note(f"Starting uvicorn and a Celery worker (with beat); their output goes to {log}.")
+        if self.pushpin:
+            self.note(f"Starting gunicorn, Pushpin in front of it and a Celery worker (with beat); the output of "
+                      f"gunicorn and the worker goes to {log}, Pushpin's to {self.proxy.log_path}.")
+        else:
+            self.note(f"Starting uvicorn and a Celery worker (with beat); their output goes to {log}.")
         self.web.start()
         self.worker.start()
+        if self.pushpin:
+            self.start_proxy()
         self.wait_until_ready()
         if self.stopping():
             return
         users = " or ".join(f"{name} / {password}" for name, password, _ in DEMO_USERS)
         redis = self.site_redis + (" (a private redis-server, stopped with the demo)" if self.private_redis else "")
+        behind = [
+            "  Streams go through Pushpin (GRIP mode), which holds them; gunicorn (sync workers) is on a private "
+            f"port, 127.0.0.1:{self.web_port}, for Pushpin only.",
+        ] if self.pushpin else []
+        pushpin_log = [f"  Pushpin's log: {self.proxy.log_path}"] if self.pushpin else []
         self.note(
             "",
             f"The demo is ready: {self.url}",
+            *behind,
             f"  Sign in as {users} (user / password).",
             f"  Redis: {redis}",
-            f"  Output of uvicorn and the Celery worker: {log}",
+            f"  Output of {self.server} and the Celery worker: {log}",
+            *pushpin_log,
             "Press Ctrl-C to stop.",
         )
+
+    def start_proxy(self):
+        try:
+            self.proxy.start()
+            self.proxy_pid = self.proxy.process.pid
+        except RuntimeError as error:
+            self.note("Pushpin did not start; stopping the demo.", *(f"  {line}" for line in str(error).splitlines()))
+            raise Stop(1) from None
+
+    def proxy_alive(self):
+        return self.proxy.process is not None and self.proxy.process.poll() is None
+
+    def close_proxy(self):
+        if self.proxy is not None:
+            self.proxy.close()
+            self.proxy = None
+        if self.proxy_pid is not None:
+            kill_session(self.proxy_pid)
+            self.proxy_pid = None
 
     def note(self, *lines):
         """A line of the supervisor's own: on the terminal, and in the log."""
@@ -393,8 +496,13 @@ class Demo:
 
     def check_children(self):
         if not self.web.alive():
-            self.note(f"The web server (uvicorn) stopped ({self.web.how_it_ended()}); stopping the demo.",
+            self.note(f"{capitalized(self.web.label)} stopped ({self.web.how_it_ended()}); stopping the demo.",
                       *self.last_lines(self.web))
+            raise Stop(1)
+        if self.proxy is not None and self.proxy.process is not None and not self.proxy_alive():
+            how = how_it_ended(self.proxy.process.returncode)
+            self.note(f"Pushpin stopped ({how}); stopping the demo.", "  Its last lines:",
+                      *(f"    {line}" for line in self.proxy.log_tail(15).splitlines()))
             raise Stop(1)
         if not self.worker.alive():
             self.restart_worker()
@@ -481,6 +589,7 @@ class Demo:
                 self.worker.kill_group()
             if self.web is not None:
                 self.web.kill_group()
+            self.close_proxy()
             self.stop_redis()
             self.note("Stopped.")
             if self.log is not None:
@@ -521,10 +630,13 @@ class Demo:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000))
-    parser.add_argument("--log", help="where the output of uvicorn and the worker goes "
+    parser.add_argument("--log", help="where the output of the web server and the worker goes "
                                       "(default: demo.log in SAMPLE_SITE_VAR_DIR, sample_site/var)")
+    parser.add_argument("--pushpin", action="store_true",
+                        help="gunicorn (WSGI, sync workers) on a private port behind a real Pushpin on --port, "
+                             "in the app's GRIP mode, instead of uvicorn")
     args = parser.parse_args(argv)
-    return Demo(args.port, args.log).run()
+    return Demo(args.port, args.log, pushpin=args.pushpin).run()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ of its own on that server, ``SAMPLE_SITE_REDIS_DB``, default 5),
 ``semantic``) switches the download centre to a template set from ``templates_showcase/``.
 ``SAMPLE_SITE_DB``, ``SAMPLE_SITE_MEDIA_ROOT`` and ``SAMPLE_SITE_VAR_DIR`` (Celery beat's
 schedule) move the site's files elsewhere, e.g. for a test run that leaves the demo's own alone.
+``DEMO_PUSHPIN_CONTROL_URI`` and ``DEMO_PUSHPIN_KEY`` (set by ``run_demo.py --pushpin``, ``just
+demo-pushpin``, for every process it starts) turn on GRIP mode: streams held by that Pushpin.
 """
 
 import os
@@ -147,6 +149,15 @@ EVENTSTREAM_CHANNELMANAGER_CLASS = "async_downloads.sse.ChannelManager"
 ASYNC_DOWNLOADS_WS_CHANNEL_NAME = "sample-downloads"
 # Customers type their own names: exports opened in a spreadsheet must not run them as formulas.
 ASYNC_DOWNLOADS_ESCAPE_FORMULAS = True
+
+# GRIP mode (`just demo-pushpin`): the Pushpin in front of gunicorn holds the streams; every process
+# publishes each change to its control port, signed with the key Pushpin signs its requests with.
+if os.environ.get("DEMO_PUSHPIN_CONTROL_URI"):
+    if not os.environ.get("DEMO_PUSHPIN_KEY"):
+        raise ImproperlyConfigured("DEMO_PUSHPIN_CONTROL_URI is set, DEMO_PUSHPIN_KEY (Pushpin's sig_key) is not.")
+    MIDDLEWARE.insert(0, "django_grip.GripMiddleware")
+    GRIP_PROXIES = [{"control_uri": os.environ["DEMO_PUSHPIN_CONTROL_URI"], "key": os.environ["DEMO_PUSHPIN_KEY"]}]
+    del EVENTSTREAM_REDIS  # events go to Pushpin, not through Redis pub/sub
 
 LOGGING = {
     "version": 1,

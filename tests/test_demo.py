@@ -26,9 +26,11 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlencode
 
+import httpx
 import pytest
 
 from tests.browser import launch, log_in
+from tests.sse_client import StreamReader
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,6 +112,14 @@ print(json.dumps(counts))
 def need_redis_server():
     if shutil.which("redis-server") is None:
         message = "redis-server is not installed (apt-get install redis-server): these tests run one of their own."
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def need_pushpin():
+    if shutil.which("pushpin") is None:
+        message = "Pushpin is not installed (apt-get install pushpin, or just system-deps)."
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -803,6 +813,101 @@ def test_the_demo_restarts_a_killed_worker_and_stops_when_the_web_server_dies(re
         assert "The web server (uvicorn) stopped (killed by SIGKILL); stopping the demo." in output()
         _wait_until_gone(seen, leaders, 10, output)
         assert output().rstrip().endswith("Stopped."), output()
+    finally:
+        _kill_left(seen, leaders)
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+
+
+# --- `just demo-pushpin`: gunicorn behind a real Pushpin, in GRIP mode ----------------------------
+
+PRIVATE_PORT = re.compile(r"gunicorn \(sync workers\) is on a private port, 127\.0\.0\.1:(\d+)")
+CSRF_TOKEN = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
+COMPLETE_ROW = re.compile(r'id="download-([^"]+)" class="async-download async-download--complete')
+DOWNLOAD_LINK = re.compile(r'href="(/async_downloads/download/[^"]+)"')
+
+
+def _csrf_token(response):
+    assert response.status_code == 200, response.status_code
+    return CSRF_TOKEN.search(response.text)[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_demo_behind_pushpin_streams_an_export_through_it_and_stops_cleanly(redis_url, sample_data, tmp_path):
+    """``run_demo.py --pushpin`` (``just demo-pushpin``): gunicorn's sync workers on a private port behind a
+    real Pushpin on ``--port``, in GRIP mode. Signed in through Pushpin, an export started there reaches the
+    stream read through Pushpin up to its link, and the file downloads; a stream request straight to gunicorn
+    gets 421; SIGINT stops everything, with status 0, and nothing of it is left running."""
+    need_pushpin()
+    port = demo_processes.free_port()
+    url = f"http://127.0.0.1:{port}"
+    # A Redis db of its own: the other tests expect none of this one's downloads.
+    env = demo_processes.sample_env(redis_url, redis_db=10, database=sample_data["database"],
+                                    media=tmp_path / "media", var_dir=tmp_path / "var")
+    console, log = tmp_path / "console.log", tmp_path / "demo.log"
+    with open(console, "w") as out:
+        supervisor = subprocess.Popen(
+            [sys.executable, str(ROOT / "sample_site" / "run_demo.py"), "--pushpin", "--port", str(port),
+             "--log", str(log)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+
+    def output():
+        return "\n".join(path.read_text(errors="replace") for path in (console, log) if path.exists())
+
+    seen, leaders = {}, {supervisor.pid}
+    try:
+        deadline = time.monotonic() + 60
+        while BANNER not in console.read_text(errors="replace"):
+            assert supervisor.poll() is None and time.monotonic() < deadline, f"{BANNER!r} not shown:\n{output()}"
+            time.sleep(0.2)
+        banner = console.read_text()
+        assert f"The demo is ready: {url}/\n  Streams go through Pushpin" in banner, banner
+        private_port = int(PRIVATE_PORT.search(banner)[1])
+        assert private_port != port
+        seen.update(running := _tree(supervisor.pid, _processes()))
+        leaders |= set(running)
+        names = _describe(running)
+        assert "gunicorn" in names and "pushpin" in names and "celery" in names and "uvicorn" not in names, names
+
+        with httpx.Client(base_url=url, timeout=10) as client:
+            token = _csrf_token(client.get("/login/"))
+            signed_in = client.post("/login/", data={"username": USERNAME, "password": PASSWORD,
+                                                     "csrfmiddlewaretoken": token})
+            assert signed_in.status_code == 302 and signed_in.headers["location"] == "/", signed_in.status_code
+            page = client.get("/")
+            assert "sse-connect" in page.text  # GRIP mode: an idle centre keeps its stream open
+            cookies = {"sessionid": client.cookies["sessionid"]}
+            with StreamReader(f"{url}/async_downloads/events/", cookies=cookies) as reader:
+                started = client.post("/export/orders/", data={**FILTERS["toast"], "format": "csv",
+                                                               "csrfmiddlewaretoken": _csrf_token(page)})
+                assert started.status_code == 302, started.status_code
+                events, complete = [], None
+                deadline = time.monotonic() + 30
+                while complete is None:
+                    assert time.monotonic() < deadline, f"No complete row in the stream:\n{events}\n{output()}"
+                    events += reader.drain(wait=0.5)
+                    complete = next((e["data"] for e in events if COMPLETE_ROW.search(e["data"])), None)
+                assert reader.connections == 1
+            key = COMPLETE_ROW.search(complete)[1]
+            progress = [e for e in events if f'id="download-{key}"' in e["data"] and "aria-valuenow" in e["data"]]
+            assert progress, "The stream showed no progress before the link"
+            file = client.get(DOWNLOAD_LINK.search(complete)[1])
+            assert file.status_code == 200, file.status_code
+            header, *rows = list(csv.reader(io.StringIO(file.content.decode("utf-8-sig"))))
+            assert header == ORDER_HEADER and len(rows) == sample_data["expected"]["toast"]
+            # Only Pushpin's requests carry its signature: a stream asked of gunicorn itself is refused.
+            direct = client.get(f"http://127.0.0.1:{private_port}/async_downloads/events/")
+            assert direct.status_code == 421, direct.status_code
+
+        seen.update(_tree(supervisor.pid, _processes()))
+        supervisor.send_signal(signal.SIGINT)
+        assert supervisor.wait(30) == 0, output()
+        _wait_until_gone(seen, leaders, 10, output)
+        stopping = console.read_text()[len(banner):]
+        assert stopping.rstrip().endswith("Stopped.") and "Traceback" not in stopping, stopping
     finally:
         _kill_left(seen, leaders)
         if supervisor.poll() is None:
