@@ -1,7 +1,7 @@
 """What every benchmark's processes share: a small site as in tests/settings.py, on the real Redis.
 
 bench/settings.py (the one settings module) imports this and adds the few differences of
-each scenario, chosen by ``ADBENCH_SCENARIO``: ``csv`` (default), ``live``, ``ws`` or ``load``.
+each scenario, chosen by ``ADBENCH_SCENARIO``: ``csv`` (default), ``live``, ``ws``, ``load`` or ``grip``.
 Redis is the one at ``REDIS_URL`` (``just bench`` sets it), db 12; each scenario keeps its cache
 keys, stored events, event channels and Celery queues under ``adbench-<scenario>-<run>`` (pub/sub
 ignores the db number; ``ADBENCH_RUN`` is set by bench/run.py, so that two runs never share a key),

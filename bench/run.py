@@ -486,6 +486,13 @@ def bench_live(opts):
     return live.section()
 
 
+@section("pushpin", "Live delivery on Pushpin")
+def bench_pushpin(opts):
+    from bench import pushpin
+
+    return pushpin.section()
+
+
 @section("download", "Serving a large download: memory and throughput with 4 clients")
 def bench_download(opts):
     from bench import download
