@@ -56,7 +56,12 @@ def uvicorn_command(app, port, factory=False, graceful_timeout=2):
 def start_uvicorn(app, env, port=None, factory=False, wait=True, graceful_timeout=2, **popen):
     """A uvicorn process serving ``app`` with ``env``; returns ``(process, url)``."""
     port = port or free_port()
-    process = subprocess.Popen(uvicorn_command(app, port, factory, graceful_timeout), env=env, **popen)
+    return _serving(uvicorn_command(app, port, factory, graceful_timeout), port, env, wait, popen)
+
+
+def _serving(command, port, env, wait, popen):
+    """Start the server of ``command`` on ``port``; with ``wait``, return once it accepts connections."""
+    process = subprocess.Popen(command, env=env, **popen)
     if wait:
         try:
             wait_for_port(port, process)
@@ -86,15 +91,7 @@ def gunicorn_command(wsgi_app, port, workers=2, timeout=30, graceful_timeout=2):
 def start_gunicorn(wsgi_app, env, port=None, workers=2, timeout=30, wait=True, graceful_timeout=2, **popen):
     """A gunicorn process serving ``wsgi_app`` (``module:name``) with ``env``; returns ``(process, url)``."""
     port = port or free_port()
-    process = subprocess.Popen(gunicorn_command(wsgi_app, port, workers, timeout, graceful_timeout), env=env,
-                               **popen)
-    if wait:
-        try:
-            wait_for_port(port, process)
-        except BaseException:
-            stop(process)
-            raise
-    return process, f"http://127.0.0.1:{port}"
+    return _serving(gunicorn_command(wsgi_app, port, workers, timeout, graceful_timeout), port, env, wait, popen)
 
 
 def start_celery_worker(app, env, *options, **popen):
