@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import math
 from typing import Any, Final
 
 from asgiref.sync import sync_to_async
@@ -29,8 +28,8 @@ from django.http import (
 from django.utils.translation import gettext as _
 from django_eventstream.views import events as eventstream_events
 
-from . import cache, compat, grip, records, store
-from .watch import resync_open_pages, sweep_interval, while_open
+from . import cache, compat, grip, store
+from .watch import resync_open_pages, while_open
 
 logger = logging.getLogger(__name__)
 
@@ -107,17 +106,7 @@ async def _through_proxy(request: HttpRequest) -> HttpResponseBase:
     await _in_a_context_of_its_own(cache.fail_stalled, user)
     compat.resume_after_read()
     response: HttpResponseBase = await sync_to_async(eventstream_events)(request, async_downloads=True)
-    # django-grip writes the instructions into the Grip-* headers after the view.
-    instruct: Any = getattr(getattr(request, "grip", None), "instruct", None)
-    if instruct is not None and instruct.next_link and await _in_a_context_of_its_own(_busy, user):
-        # No web process holds this page, so nothing else sweeps it: while something runs, the proxy
-        # fetches the next link again every sweep interval, and that request fails what stalled.
-        instruct.next_link_timeout = max(1, math.ceil(sweep_interval()))
     return response
-
-
-def _busy(user: Any) -> bool:
-    return bool(records.in_progress(store.read_downloads(user.pk)))
 
 
 async def _active_user(pk: str) -> Any:

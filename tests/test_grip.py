@@ -99,17 +99,6 @@ class TestStreamRequests:
         assert "es-meta=" in response["Grip-Link"]
         assert b"event: stream-open" in response.content
 
-    def test_while_something_runs_the_proxy_fetches_the_next_link_every_sweep_interval(self, grip_mode, client_for,
-                                                                                        alice):
-        from async_downloads.watch import sweep_interval
-
-        idle = through_proxy(client_for(alice))
-        assert "timeout=" not in idle["Grip-Link"]
-        cache.init_download(alice, "report.csv")
-        busy = through_proxy(client_for(alice))
-        assert busy["Grip-Link"].endswith(f"; timeout={int(sweep_interval())}")
-        assert "timeout=" in through_proxy(Client(), next_link(busy))["Grip-Link"]
-
     def test_a_direct_request_is_refused_at_once(self, grip_mode, client_for, alice):
         response = client_for(alice).get(EVENTS)
         assert response.status_code == 421
