@@ -22,7 +22,8 @@ os.makedirs(WORK_DIR, exist_ok=True)
 REDIS_DB = 12
 REDIS_URL = (os.environ.get("REDIS_URL") or redis_server.ensure()).rsplit("/", 1)[0] + f"/{REDIS_DB}"
 
-SECRET_KEY = "bench-only"
+# Long enough for the HMAC keys of the JWTs signed with it (GRIP mode; PyJWT warns below 32 bytes).
+SECRET_KEY = "bench-only-not-secret-7d3a9c51e0b24f68a1c5e9f03b7d2a64"
 DEBUG = False
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True
