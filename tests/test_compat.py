@@ -108,6 +108,13 @@ class TestSharedClientRedisStorage:
 
 
 class TestListener:
+    @pytest.fixture(autouse=True)
+    def _no_upstream_listener(self):
+        # As the app's stream does before any stream opens: otherwise the first add_listener of
+        # the process starts django-eventstream's own listener on the test's event loop, a task
+        # that ignores cancellation, and asyncio.run() waits for it for ever.
+        compat.take_over_listener()
+
     def test_taking_over_keeps_upstream_from_starting_its_own(self):
         manager = compat.take_over_listener()
         assert manager is views.get_listener_manager()
