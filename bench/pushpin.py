@@ -299,74 +299,11 @@ class PushpinBench(live.Bench):
         stop(worker)
         return {"memory": memory, "broadcast": broadcast, "latency": latency, "restart": restart}
 
-    async def latency(self, bg_clients, probe_port, pids):
-        """bench/live.py's latency method with ``set_percentage`` probes only.
-
-        Its bare ``send_event`` probes are published by django-eventstream from a background thread
-        (pubcontrol's): on the probe user's channel they would reach Pushpin out of order with the
-        synchronous ones, and Pushpin holds an out-of-order message up to ``message_wait`` (5 s).
-        """
-        probe_user = self.users["probe"][0]
-        (probe,), _ = await self.streams(probe_port, [probe_user], factory=live.Probe)
-        entries = [{"pk": u["pk"], "key": u["key"]} for u in self.users["bg"]]
-        loads = [await self.child("load", {"entries": entries[i::live.LOAD_PROCS], "rate": live.RATE / live.LOAD_PROCS,
-                                           "threads": live.LOAD_THREADS // live.LOAD_PROCS})
-                 for i in range(live.LOAD_PROCS)]
-        for child in loads:
-            await self.read(child)
-        await self.quiet("latency")
-        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        for child in loads:
-            child.send({"op": "go"})
-        await asyncio.sleep(live.LOAD_WARMUP)
-        probe.events.clear()
-        kinds = ["cache"] * (live.PROBE_WARMUP + live.PROBES)
-        reply_key = f"{live.QUEUE}:{self.run_id}:probe"
-        interval = 1.0 / live.PROBE_RATE
-        mine = [os.getpid(), *pids.values(), *(c.pid for c in loads)]
-        s0, w0, bg0 = snapshot(mine), time.monotonic(), sum(c.count for c in bg_clients)
-        live.app.send_task("bench.live.probe", queue=live.QUEUE, kwargs={
-            "kinds": kinds, "pk": probe_user["pk"], "key": probe_user["key"], "interval": interval,
-            "reply_key": reply_key})
-        got = await asyncio.to_thread(live.blpop, self.redis, reply_key, len(kinds) * interval + 60)
-        if got is None:
-            raise RuntimeError("the probe task did not finish")
-        await asyncio.sleep(0.5)  # the last events are on their way
-        s1, w1, bg1 = snapshot(mine), time.monotonic(), sum(c.count for c in bg_clients)
-        parts = []
-        for child in loads:
-            child.send({"op": "stop"})
-            parts.append(await self.read(child))
-            child.close()
-        cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in pids.items()}
-        probe.close()
-        # The k-th probe is the next downloads event showing its percentage (as in bench/live.py).
-        total, inside, lost, events, j = [], [], 0, probe.events, 0
-        for index, _kind, p, sent, returned in json.loads(got[1]):
-            found = None
-            while j < len(events) and found is None:
-                at, data = events[j]
-                j += 1
-                m = load.VALUENOW.search(data)
-                found = at if m and int(m.group(1)) == p else None
-            if found is None:
-                lost += 1
-            elif index >= live.PROBE_WARMUP:
-                total.append((found - sent) * 1000)
-                inside.append((returned - sent) * 1000)
-        calls = sum(p["calls"] for p in parts)
-        result = {"cache": {"latency_ms": summary(total, 1), "call_ms": summary(inside, 1), "lost": lost},
-                  "probes": live.PROBES, "probe_rate": live.PROBE_RATE,
-                  "load_rate": round(calls / max(p["seconds"] for p in parts), 1),
-                  "load_call_ms": summary([x for p in parts for x in p["call_ms"]], 2),
-                  "load_errors": {k: v for p in parts for k, v in p["errors"].items()},
-                  "load_cpu_seconds": round(sum(p["cpu_seconds"] for p in parts), 1),
-                  "bg_delivered_rate": round((bg1 - bg0) / (w1 - w0), 1), "cpu_seconds": cpu,
-                  "others_cpus": others_cpus(s0, s1), "loadavg": round(os.getloadavg()[0], 2)}
-        x = result["cache"]["latency_ms"]
-        log(f"latency: set_percentage p50 {x.get('p50')} / p99 {x.get('p99')} ms, {lost} lost; load "
-            f"{result['load_rate']}/s, other programs {result['others_cpus']} CPUs")
-        return result
+    #: bench/live.py's latency method with ``set_percentage`` probes only: its bare ``send_event``
+    #: probes are published by django-eventstream from a background thread (pubcontrol's), so on the
+    #: probe user's channel they would reach Pushpin out of order with the synchronous ones, and
+    #: Pushpin holds an out-of-order message up to ``message_wait`` (5 s).
+    PROBE_KINDS = ("cache",)
 
     async def broadcast(self, clients):
         """One event on each stream's user channel (a change of their download); every stream must get it."""
