@@ -7,6 +7,7 @@ tests bring them back on the same ports. The pytest process publishes in GRIP mo
 
 import json
 import secrets
+import threading
 import time
 
 import httpx
@@ -122,6 +123,38 @@ def test_a_workers_progress_reaches_the_user_through_pushpin_while_sync_workers_
         for reader in [*readers, other]:
             reader.__exit__()
 
+
+
+def test_events_arrive_while_publishes_keep_coming(grip, alice, bob):
+    """A steady stream of publishes (here 50+ a second on another user's channel) must not hold
+    deliveries back: Pushpin's publish rate limiter would, until publishing paused (message_rate)."""
+    _, mine = cache.init_download(alice, "report.csv")
+    _, busy = cache.init_download(bob, "busy.csv")
+    done = threading.Event()
+
+    def keep_publishing():
+        value = 0
+        while not done.is_set():
+            value = value % 98 + 1
+            cache.set_percentage(busy, value)
+            time.sleep(0.01)
+
+    with stream(grip, alice) as reader, stream(grip, bob) as other:
+        time.sleep(1.5)  # past Pushpin's first next link of each stream
+        publisher = threading.Thread(target=keep_publishing)
+        publisher.start()
+        try:
+            time.sleep(1.0)
+            cache.set_percentage(mine, 40)
+            sent = time.monotonic()
+            wait_for(reader, mine, 40, timeout=3)
+            arrived = time.monotonic() - sent
+            assert publisher.is_alive() and not done.is_set()
+            assert arrived < 1.5, f"delivered {arrived:.1f} s after publishing, while other publishes kept coming"
+            assert [p for p in percentages(other.drain(wait=0.5), busy) if p], "the busy stream got nothing"
+        finally:
+            done.set()
+            publisher.join()
 
 def test_a_direct_request_gets_421_at_once_also_with_a_forged_signature(grip, alice):
     cookies = session_cookies(alice)
