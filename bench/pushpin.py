@@ -479,10 +479,15 @@ def targets(r):
                  f"across {mem['streams']:,} streams)",
          "target": f"< {TARGET_P99_MS:.0f} ms", "measured": f"{x['p99']:.1f} ms (p50 {x['p50']:.1f} ms)",
          "value": x["p99"], "pass": x["p99"] < TARGET_P99_MS and lat["lost"] == 0},
-        {"name": f"web CPU, {cpu['clients']} clients watching a {cpu['seconds']:.0f}-s export: polling / Pushpin",
-         "target": f"≥ {TARGET_CPU_RATIO:.0f}×", "value": cpu["ratio"], "pass": cpu["ratio"] >= TARGET_CPU_RATIO,
-         "measured": f"{cpu['ratio']:.1f}× (polling {cpu['polling_cpu_seconds']:.2f} s, Pushpin's web processes "
-                     f"{cpu['pushpin']['cpu_seconds']:.2f} s)"},
+        # The verdict counts opening the streams, as bench/live.py's method does for the uvicorn path: with
+        # the streams open before, the web processes' CPU in the window is near nothing and the ratio unbounded.
+        {"name": f"web CPU, {cpu['clients']} clients watching a {cpu['seconds']:.0f}-s export: polling / Pushpin "
+                 "(opening the streams counted)",
+         "target": f"≥ {TARGET_CPU_RATIO:.0f}×", "value": cpu["ratio_with_opening"],
+         "pass": cpu["ratio_with_opening"] >= TARGET_CPU_RATIO,
+         "measured": f"{cpu['ratio_with_opening']:.1f}× (polling {cpu['polling_cpu_seconds']:.2f} s, Pushpin's web "
+                     f"processes {cpu['pushpin']['connect_cpu_seconds']:.2f} s opening the streams + "
+                     f"{cpu['pushpin']['cpu_seconds']:.2f} s during the export)"},
         {"name": f"rolling restart of the web processes under {rs['streams']:,} streams: streams dropped",
          "target": "0", "measured": str(rs["dropped"]), "value": rs["dropped"], "pass": rs["dropped"] == 0},
         {"name": f"rolling restart: events lost of {rs['published']:,} published meanwhile", "target": "0",
