@@ -14,9 +14,10 @@ import numbers
 import time
 from typing import Any, Final
 
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.urls import NoReverseMatch, reverse
 from django.utils import translation
+from django.utils.translation import ngettext
 
 from . import events, files, heartbeat, jobs, records, store, writers
 from .conf import settings
@@ -45,6 +46,7 @@ __all__ = [
     "CANCELLED", "COMPLETE", "ERROR", "FINISHED", "KEY_PATTERN", "PENDING", "RETRYABLE", "RUNNING",
     "SAVE_FAILED", "STALLED", "TASK_FAILED",
     "DownloadCancelled",
+    "TooManyDownloads",
     "cancel_download",
     "cleanup_collection",
     "clear_download",
@@ -74,11 +76,50 @@ def get_collection_key(user: Any) -> str:
     return store.collection_key(user_pk(user))
 
 
+class TooManyDownloads(PermissionDenied):
+    """The user has ``limit`` downloads in progress already (``ASYNC_DOWNLOADS_MAX_IN_PROGRESS``).
+
+    Raised by ``init_download``, so by the shortcuts and ``retry_download``, before
+    anything is created or started. ``str()`` of it is a message for the user, in the
+    active language. Left uncaught in a view, Django answers 403 Forbidden.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        return ngettext(
+            "You already have %(limit)d download in progress. "
+            "Wait for it to finish, or cancel it, before starting another.",
+            "You already have %(limit)d downloads in progress. "
+            "Wait for one to finish, or cancel one, before starting another.",
+            self.limit,
+        ) % {"limit": self.limit}
+
+
 def init_download(user: Any, filename: str, name: str | None = None) -> tuple[str, str]:
     """Record a new pending download; return ``(collection_key, download_key)``.
 
     The active language (in a view, the request's) is kept with it: rows rendered for the
-    user in a worker are rendered in that language.
+    user in a worker are rendered in that language. Raises ``TooManyDownloads`` if the
+    user has ``ASYNC_DOWNLOADS_MAX_IN_PROGRESS`` downloads in progress already.
+    """
+    collection_key, download_key, _ = init_task_download(user, filename, name)
+    return collection_key, download_key
+
+
+def init_task_download(
+    user: Any, filename: str, name: str | None = None, task: records.TaskInfo | None = None
+) -> tuple[str, str, bool]:
+    """``init_download`` for the call of a task described by ``task``; returns
+    ``(collection_key, download_key, created)``.
+
+    With ``ASYNC_DOWNLOADS_DEDUPE``, a download of the user's still in progress for the
+    same task and arguments is returned instead of a new one (``created`` is False).
+    The cap and the dedupe are checked under the collection's lock, so that concurrent
+    starts see each other.
     """
     pk = user_pk(user)
     collection_key = store.collection_key(pk)
@@ -88,9 +129,33 @@ def init_download(user: Any, filename: str, name: str | None = None) -> tuple[st
         pk, download_key, filename, files.download_path(download_key, filename), name or filename,
         settings.CSS_CLASS, settings.TIMEOUT, translation.get_language(),
     )
-    store.create(record, collection_key)
+    if task:
+        record["task"] = task
+    running = store.create_unless(record, collection_key, lambda current: _refuse(current, task))
+    if running is not None:
+        return collection_key, running, False
     events.download_changed(record, events.CREATED)
-    return collection_key, download_key
+    return collection_key, download_key, True
+
+
+def _refuse(current: list[Record], task: records.TaskInfo | None) -> str | None:
+    """The key of a running download that ``task`` duplicates, or None to create; raises
+    ``TooManyDownloads`` over the cap."""
+    in_progress = [record for record in current if record["state"] not in FINISHED]
+    if task and settings.DEDUPE:
+        for record in in_progress:
+            if _same_call(record.get("task"), task):
+                return record["key"]
+    limit = settings.MAX_IN_PROGRESS
+    if limit is not None and len(in_progress) >= limit:
+        raise TooManyDownloads(limit)
+    return None
+
+
+def _same_call(info: records.TaskInfo | None, task: records.TaskInfo) -> bool:
+    if not info:
+        return False
+    return (info["name"], info["args"], info["kwargs"]) == (task["name"], task["args"], task["kwargs"])
 
 
 # --- Reads -----------------------------------------------------------------------------------
@@ -565,6 +630,7 @@ def retry_download(download_key: str, user: Any) -> str | None:
     Only for the user's own downloads started through the shortcuts. The retry
     is a new download (same file name and name) that replaces the old one in the
     list. Returns the new download key, or None if there was nothing to retry.
+    Raises ``TooManyDownloads`` over the cap, leaving the old download retryable.
     """
     record = get_user_download(user, download_key)
     if record is None:
@@ -580,7 +646,12 @@ def retry_download(download_key: str, user: Any) -> str | None:
 
     if store.update(download_key, claim) is None:
         return None
-    _, new_key = init_download(record["user_id"], record["filename"], record["name"])
+    try:
+        _, new_key = init_download(record["user_id"], record["filename"], record["name"])
+    except TooManyDownloads:
+        # The old download stays retryable, once a slot is free.
+        store.update(download_key, lambda current: current.update({"task": claimed[0]}))
+        raise
     try:
         jobs.restart(claimed[0], new_key)
     except Exception:

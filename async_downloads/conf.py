@@ -43,6 +43,11 @@ DEFAULTS = {
     "CSV_ENCODING": "utf-8",
     "ESCAPE_FORMULAS": False,
     "TEMP_DIR": None,
+    # Limits (async_downloads.cache.init_download): downloads a user may have in progress at once
+    # (pending or running; None = no cap), and whether starting the same task with the same
+    # arguments while one runs returns the running download instead of a second one.
+    "MAX_IN_PROGRESS": None,
+    "DEDUPE": False,
 }
 
 

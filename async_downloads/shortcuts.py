@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from . import jobs, writers
-from .cache import init_download, save_download, update_percentage
+from .cache import init_task_download, save_download, update_percentage
 
 __all__ = ["init_generic_csv_download", "init_generic_export", "queryset_export", "queryset_to_csv", "start_download"]
 
@@ -118,12 +118,19 @@ def start_download(
     can be cancelled and retried, and is marked as failed if the task raises;
     the arguments must therefore be JSON-serialisable (a TypeError says which
     one is not, before anything is created).
+
+    With ``ASYNC_DOWNLOADS_MAX_IN_PROGRESS`` reached, ``cache.TooManyDownloads`` is
+    raised and nothing is created or started. With ``ASYNC_DOWNLOADS_DEDUPE``, a
+    download of the user's still in progress for the same task and arguments is
+    returned instead of starting a second task.
     """
-    kwargs = dict(kwargs or {})
+    args, kwargs = tuple(args), dict(kwargs or {})
     jobs.check_task(task)
-    jobs.check_arguments(task, tuple(args), kwargs)
-    collection_key, download_key = init_download(user, filename, name)
-    jobs.start(task, download_key, tuple(args), kwargs)
+    jobs.check_arguments(task, args, kwargs)
+    info = jobs.describe(task, args, kwargs)
+    collection_key, download_key, created = init_task_download(user, filename, name, info)
+    if created:
+        jobs.start(task, download_key, args, kwargs)
     return collection_key, download_key
 
 

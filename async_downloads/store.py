@@ -184,6 +184,26 @@ def create(record: Record, collection_key: str) -> None:
         _write_collection(cache, collection_key, keys, record["expires"])
 
 
+def create_unless(record: Record, collection_key: str, refuse: Callable[[list[Record]], T | None]) -> T | None:
+    """``create``, unless ``refuse`` finds a reason not to in the user's current records.
+
+    ``refuse(records)`` is given the records of the collection (of the record's user)
+    and returns None to let the record be created, or something else, which is returned
+    with nothing stored. Both happen under the collection's lock, the one ``create``
+    takes, so concurrent creates see each other: a cap on downloads holds across processes.
+    """
+    with locked(collection_key) as cache:
+        keys: list[str] = cache.get(collection_key) or []
+        found = cache.get_many(keys)
+        current = [found[key] for key in keys if key in found and found[key].get("user_id") == record["user_id"]]
+        refused = refuse(current)
+        if refused is not None:
+            return refused
+        write(cache, record)
+        _write_collection(cache, collection_key, [record["key"], *keys], record["expires"])
+    return None
+
+
 def update(
     key: str, change: Callable[[Record], object], then: Callable[[Record], None] | None = None
 ) -> Record | None:

@@ -163,7 +163,11 @@ def cancel(request: HttpRequest, download_key: str) -> HttpResponse:
 @require_POST
 def retry(request: HttpRequest, download_key: str) -> HttpResponse:
     """Start a failed or cancelled download of the user's again; answer with the new row."""
-    new_key = cache.retry_download(download_key, user=request.user)
+    try:
+        new_key = cache.retry_download(download_key, user=request.user)
+    except cache.TooManyDownloads as refused:
+        # 429, so that htmx swaps nothing: the row stays as it was, retryable later.
+        return HttpResponse(refused.message, status=429, content_type="text/plain; charset=utf-8")
     if new_key is None:
         raise Http404(_("No such download to retry."))
     response = HttpResponse(partials.render_row(_owned_download(request, new_key)))

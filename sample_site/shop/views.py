@@ -8,6 +8,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
+from async_downloads.cache import TooManyDownloads
 from async_downloads.shortcuts import init_generic_csv_download, init_generic_export, start_download
 
 from . import tasks
@@ -62,8 +63,12 @@ def export_orders(request):
     if file_format not in ORDER_FORMATS:
         raise Http404("No such format.")
     # The file name ends with the format's extension: the task's queryset_export writes that format.
-    init_generic_export(tasks.export_orders, request.user, name, file_format, form.params())
-    messages.success(request, f"{name}: export started. Follow it under Downloads.")
+    try:
+        init_generic_export(tasks.export_orders, request.user, name, file_format, form.params())
+    except TooManyDownloads as refused:
+        messages.error(request, refused.message)
+    else:
+        messages.success(request, f"{name}: export started. Follow it under Downloads.")
     query = urlencode(form.params())
     return redirect(f"{reverse('shop:exports')}?{query}" if query else reverse("shop:exports"))
 
@@ -71,6 +76,17 @@ def export_orders(request):
 @login_required
 @require_POST
 def start_export(request, kind):
+    try:
+        name = _start(request, kind)
+    except TooManyDownloads as refused:
+        messages.error(request, refused.message)
+    else:
+        messages.success(request, f"{name}: export started. Follow it under Downloads.")
+    return redirect(_next_url(request))
+
+
+def _start(request, kind):
+    """Start the export ``kind`` for the user; return its name."""
     if kind in CSV_REPORTS:
         task, name = CSV_REPORTS[kind]
         init_generic_csv_download(task, request.user, name)
@@ -79,8 +95,7 @@ def start_export(request, kind):
         start_download(request.user, filename, task, kwargs=kwargs, name=name)
     else:
         raise Http404("No such export.")
-    messages.success(request, f"{name}: export started. Follow it under Downloads.")
-    return redirect(_next_url(request))
+    return name
 
 
 def _next_url(request):
