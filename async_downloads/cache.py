@@ -49,6 +49,7 @@ __all__ = [
     "TooManyDownloads",
     "cancel_download",
     "cleanup_collection",
+    "clear_user_downloads",
     "clear_download",
     "fail_stalled",
     "get_collection_key",
@@ -578,11 +579,7 @@ def _started_by(record: Record, task_id: str | None, task_name: str | None) -> b
 
 def cleanup_collection(collection_key: str) -> None:
     """Drop the keys of expired downloads from a collection, keeping its timeout."""
-    keys = store.get_cache().get(collection_key) or []
-    live = set(store.get_cache().get_many(keys))
-    gone = set(keys) - live
-    if gone:
-        store.remove_from_collection(collection_key, gone)
+    store.cleanup_collection(collection_key)
 
 
 def _lookup(download_key: str, user: Any) -> Record | None:
@@ -603,6 +600,15 @@ def clear_download(download_key: str, user: Any = None) -> bool:
     _discard_files((removed or record)["filepath"])
     events.download_changed(removed or record, events.CLEARED)
     return True
+
+
+def clear_user_downloads(user: Any) -> int:
+    """Clear every download of ``user`` (records and files, as ``clear_download``); return how many.
+
+    Called when a user is deleted.
+    """
+    pk = user_pk(user)
+    return sum(clear_download(record["key"]) for record in store.read_downloads(pk))
 
 
 def cancel_download(download_key: str, user: Any = None) -> bool:

@@ -16,8 +16,12 @@ logger = logging.getLogger(__name__)
 def cleanup_expired_downloads() -> list[str]:
     """Delete the folders of downloads that no longer have a record; return their keys.
 
-    Folders whose name is not a download key are left alone.
+    Folders whose name is not a download key are left alone. In the database store,
+    the rows of expired downloads are deleted first.
     """
+    purged = store.purge_expired()
+    if purged:
+        logger.info("Deleted the records of %d expired downloads.", purged)
     storage = files.get_storage()
     prefix = files.path_prefix()
     try:
@@ -25,7 +29,7 @@ def cleanup_expired_downloads() -> list[str]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     keys = [name for name in folders if is_download_key(name)]
-    live = set(store.get_cache().get_many(keys))
+    live = store.live_keys(keys)
     removed = [key for key in keys if key not in live and _remove(storage, posixpath.join(prefix, key))]
     if removed:
         logger.info("Removed the files of %d expired downloads.", len(removed))

@@ -48,7 +48,18 @@ DEFAULTS = {
     # arguments while one runs returns the running download instead of a second one.
     "MAX_IN_PROGRESS": None,
     "DEDUPE": False,
+    # Where download records live (async_downloads.store): "cache" (the Django cache named by
+    # CACHE_NAME, as in earlier releases) or "database" (the Download model, on the DATABASE alias).
+    "STORE": "cache",
+    "DATABASE": "default",
+    # A notice for users who left (async_downloads.notify): e-mail the owner of a download that
+    # finished after running at least this many seconds (None = never), with links on BASE_URL.
+    "EMAIL_AFTER": None,
+    "BASE_URL": "",
+    "EMAIL_FROM": None,
 }
+
+STORES = ("cache", "database")
 
 
 class Settings:
@@ -75,4 +86,12 @@ def transport() -> str:
     name = str(settings.TRANSPORT).lower()
     if name not in TRANSPORTS:
         raise ValueError(f"ASYNC_DOWNLOADS_TRANSPORT is {name!r}; use one of {TRANSPORTS!r}.")
+    return name
+
+
+def store_name() -> str:
+    """Where download records live: "cache" (the default) or "database"."""
+    name = str(settings.STORE).lower()
+    if name not in STORES:
+        raise ValueError(f"ASYNC_DOWNLOADS_STORE is {name!r}; use one of {STORES!r}.")
     return name

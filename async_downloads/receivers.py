@@ -5,6 +5,7 @@
   until the task returns (``async_downloads.heartbeat``).
 - A task started by the shortcuts raised: its download becomes an error
   (``cache.task_failed``), unless the task ended because its download was cancelled.
+- A user is deleted: their downloads are cleared, records and files (``cache.clear_user_downloads``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 from typing import Any
 
 from celery.signals import task_failure, task_postrun, task_prerun
+from django.contrib.auth import get_user_model
+from django.db.models.signals import post_delete
 
 from . import cache, jobs
 from .heartbeat import heartbeats
@@ -87,7 +90,14 @@ def on_task_finished(sender: Any = None, task_result: Any = None, **extra: Any) 
         )
 
 
+def on_user_deleted(sender: Any = None, instance: Any = None, **extra: Any) -> None:
+    """``post_delete`` of the user model: nothing of a deleted user's stays behind."""
+    if instance is not None and instance.pk is not None:
+        cache.clear_user_downloads(instance.pk)
+
+
 def connect() -> None:
+    post_delete.connect(on_user_deleted, sender=get_user_model(), dispatch_uid="async_downloads.receivers.on_user_deleted")
     task_prerun.connect(on_task_prerun, dispatch_uid="async_downloads.receivers.on_task_prerun")
     task_postrun.connect(on_task_postrun, dispatch_uid="async_downloads.receivers.on_task_postrun")
     task_failure.connect(on_task_failure, dispatch_uid="async_downloads.receivers.on_task_failure")

@@ -1,4 +1,11 @@
-"""Download records in the Django cache, changed under a per-key lock.
+"""Download records: in the Django cache (the default), or in the database.
+
+With ``ASYNC_DOWNLOADS_STORE = "database"`` every call below is answered by
+``async_downloads.dbstore`` (the ``Download`` model) instead; what follows
+describes the cache store, whose locks also order the publishing of events in
+both modes.
+
+Download records in the Django cache, changed under a per-key lock.
 
 A record is a dict stored under its download key; a collection is the list of
 a user's download keys (newest first) stored under the collection key, as in
@@ -23,8 +30,8 @@ from typing import Any, TypeVar
 
 from django.core.cache import BaseCache
 
-from . import compat, records
-from .conf import settings
+from . import compat, dbstore, records
+from .conf import settings, store_name
 from .records import Record
 
 logger = logging.getLogger(__name__)
@@ -154,18 +161,29 @@ def collection_key(user_id: Any) -> str:
     return str(settings.COLLECTION_KEY_FORMAT).format(user_id)
 
 
+def in_database() -> bool:
+    """Whether records live in the database (``ASYNC_DOWNLOADS_STORE = "database"``)."""
+    return store_name() == "database"
+
+
 def read(key: str) -> Record | None:
+    if in_database():
+        return dbstore.read(key)
     record: Record | None = get_cache().get(key)
     return record
 
 
 def read_many(keys: list[str]) -> list[Record]:
+    if in_database():
+        return dbstore.read_many(keys)
     found = get_cache().get_many(keys)
     return [found[key] for key in keys if key in found]
 
 
 def read_downloads(user_id: Any) -> list[Record]:
     """The records of a user's downloads, newest first; a plain read that changes nothing."""
+    if in_database():
+        return dbstore.read_downloads(user_id)
     keys: list[str] = get_cache().get(collection_key(user_id)) or []
     found = [record for record in read_many(keys) if record.get("user_id") == user_id]
     return sorted(found, key=lambda record: record["created"], reverse=True)
@@ -177,6 +195,9 @@ def write(cache: PatientCache, record: Record) -> None:
 
 def create(record: Record, collection_key: str) -> None:
     """Store a new record and put its key first in its collection."""
+    if in_database():
+        dbstore.create(record)
+        return
     with locked(collection_key) as cache:
         write(cache, record)
         keys: list[str] = cache.get(collection_key) or []
@@ -192,6 +213,8 @@ def create_unless(record: Record, collection_key: str, refuse: Callable[[list[Re
     with nothing stored. Both happen under the collection's lock, the one ``create``
     takes, so concurrent creates see each other: a cap on downloads holds across processes.
     """
+    if in_database():
+        return dbstore.create_unless(record, refuse)
     with locked(collection_key) as cache:
         keys: list[str] = cache.get(collection_key) or []
         found = cache.get_many(keys)
@@ -213,6 +236,8 @@ def update(
     (cleared or expired) stays missing. ``then(record)`` runs after the write,
     still under the lock. Returns the stored record, or None.
     """
+    if in_database():
+        return dbstore.update(key, change, then)
     with locked(key) as cache:
         record: Record | None = cache.get(key)
         if record is None or change(record) is False:
@@ -251,6 +276,8 @@ def transition(
 
 def delete(key: str, collection_key: str) -> Record | None:
     """Remove a record and its key from its collection; return the removed record."""
+    if in_database():
+        return dbstore.delete(key)
     with locked(key) as cache:
         record: Record | None = cache.get(key)
         cache.delete(key)
@@ -263,6 +290,8 @@ def delete(key: str, collection_key: str) -> Record | None:
 
 def was_cleared(key: str) -> bool:
     """Whether the download of ``key`` was cleared by its user (rather than lost or expired)."""
+    if in_database():
+        return dbstore.was_cleared(key)
     return bool(get_cache().get(key + CLEARED_SUFFIX))
 
 
@@ -273,8 +302,11 @@ def data_lost() -> bool:
     """Whether the cache server lost its data since this process last asked (first call: False).
 
     The epoch key has no timeout: only a restart without persistence, a flush,
-    or an eviction policy that evicts keys without one takes it away.
+    or an eviction policy that evicts keys without one takes it away. The database
+    store loses nothing: always False there.
     """
+    if in_database():
+        return False
     cache = get_cache()
     current = cache.get(EPOCH_KEY)
     if current is None:
@@ -287,6 +319,8 @@ def data_lost() -> bool:
 
 def extend_collection(collection_key: str, expires: float) -> None:
     """Make sure the collection lives at least until ``expires``."""
+    if in_database():
+        return  # rows have no collection: a user's list is a query
     with locked(collection_key) as cache:
         keys: list[str] | None = cache.get(collection_key)
         if keys:
@@ -294,6 +328,9 @@ def extend_collection(collection_key: str, expires: float) -> None:
 
 
 def remove_from_collection(collection_key: str, gone: set[str]) -> list[str]:
+    if in_database():
+        dbstore.remove(gone)
+        return []
     with locked(collection_key) as cache:
         keys: list[str] = cache.get(collection_key) or []
         kept = [key for key in keys if key not in gone]
@@ -314,3 +351,29 @@ def _write_collection(cache: PatientCache, collection_key: str, keys: list[str],
         cache.set(collection_key, live, seconds_left(latest) + 1)
     else:
         cache.delete(collection_key)
+
+
+def live_keys(keys: list[str]) -> set[str]:
+    """Which of ``keys`` have a record (not cleared, not expired)."""
+    if in_database():
+        return dbstore.live_keys(keys)
+    return set(get_cache().get_many(keys))
+
+
+def cleanup_collection(collection_key: str) -> None:
+    """Drop the keys of expired downloads from a collection, keeping its timeout (in the
+    database store, delete the rows of expired downloads: a list is a query there)."""
+    if in_database():
+        dbstore.purge_expired()
+        return
+    cache = get_cache()
+    keys = cache.get(collection_key) or []
+    gone = set(keys) - set(cache.get_many(keys))
+    if gone:
+        remove_from_collection(collection_key, gone)
+
+
+def purge_expired() -> int:
+    """Delete the records of expired downloads where they do not expire by themselves (the
+    database store's rows); return how many. The cache expires its records on its own."""
+    return dbstore.purge_expired() if in_database() else 0

@@ -1,0 +1,249 @@
+"""Download records in the database (``ASYNC_DOWNLOADS_STORE = "database"``).
+
+The same calls as the cache store (``async_downloads.store`` routes to one or the other),
+on the ``Download`` model, on the database alias ``ASYNC_DOWNLOADS_DATABASE``. The
+database does what the cache store's locks do:
+
+- a change is one transaction that begins by writing the row (a no-op ``UPDATE``), which
+  locks it until the commit: on PostgreSQL (and MySQL) that row, on SQLite the database.
+  Reading first and writing after would let two SQLite transactions deadlock, and two
+  PostgreSQL ones lose an update. ``then`` runs before the commit, so one download's
+  changes are published in the order they were made;
+- starting a download under a cap or a dedupe (``create_unless``) locks the user's row
+  in ``DownloadOwner`` first, so concurrent starts of one user see each other;
+- an expired row is never read; the cleanup deletes it (``purge_expired``).
+
+While the database is unreachable (restarting, failing over), each call is tried again
+for up to ``ASYNC_DOWNLOADS_OUTAGE_WAIT`` seconds, unless it runs inside a transaction
+of the caller's, which only the caller can repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
+from django.db.models import F, QuerySet
+
+from . import records
+from .conf import settings
+from .models import Download, DownloadOwner
+from .records import Record
+
+logger = logging.getLogger(__name__)
+
+OUTAGE_RETRY_DELAYS = (0.1, 0.2, 0.5, 1)
+T = TypeVar("T")
+
+
+def alias() -> str:
+    return str(settings.DATABASE)
+
+
+def rows() -> QuerySet[Download]:
+    return Download.objects.using(alias())
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _live() -> QuerySet[Download]:
+    return rows().filter(expires__gt=_now())
+
+
+def _patiently(call: Callable[[], T]) -> T:
+    """Run ``call``, and again while the database is unreachable (see the module's doc)."""
+    try:
+        return call()
+    except (OperationalError, InterfaceError):
+        if connections[alias()].in_atomic_block:
+            raise
+    wait = float(settings.OUTAGE_WAIT)
+    logger.warning("The database is unreachable; waiting up to %s s for it.", wait, exc_info=True)
+    deadline = time.monotonic() + wait
+    attempt = 0
+    while True:
+        time.sleep(OUTAGE_RETRY_DELAYS[min(attempt, len(OUTAGE_RETRY_DELAYS) - 1)])
+        attempt += 1
+        connections[alias()].close()  # a broken connection is not reused
+        try:
+            return call()
+        except (OperationalError, InterfaceError):
+            if time.monotonic() > deadline:
+                raise
+
+
+# --- Records and rows ------------------------------------------------------------------------
+
+
+def _when(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _format(record: Record) -> str:
+    return os.path.splitext(record.get("filepath") or record["filename"])[1].lstrip(".").lower()[:16]
+
+
+def _columns(record: Record) -> dict[str, Any]:
+    data = {name: value for name, value in record.items() if name != "timestamp"}
+    finished = record["state"] in records.FINISHED
+    return {
+        "user_id": record["user_id"],
+        "name": str(record["name"])[:255],
+        "filename": record["filename"][:255],
+        "format": _format(record),
+        "state": record["state"],
+        "percentage": max(0, min(100, int(record["percentage"]))),
+        "errors": record["errors"],
+        "created": _when(record["created"]),
+        "updated": _when(record["updated"]),
+        "expires": _when(record["expires"]),
+        "finished": _when(record["updated"]) if finished else None,
+        "task_id": str(record.get("task_id") or "")[:255],
+        "data": data,
+    }
+
+
+def to_record(row: Download) -> Record:
+    record: Record = dict(row.data)  # type: ignore[assignment]  # the JSON object of a record
+    record["timestamp"] = row.created
+    record["user_id"] = row.user_id
+    return record
+
+
+# --- The store's calls -----------------------------------------------------------------------
+
+
+def read(key: str) -> Record | None:
+    def call() -> Record | None:
+        row = _live().filter(pk=key).first()
+        return None if row is None else to_record(row)
+
+    return _patiently(call)
+
+
+def read_many(keys: list[str]) -> list[Record]:
+    def call() -> list[Record]:
+        found = {str(row.pk): to_record(row) for row in _live().filter(pk__in=keys)}
+        return [found[key] for key in keys if key in found]
+
+    return _patiently(call)
+
+
+def read_downloads(user_id: Any) -> list[Record]:
+    """A user's downloads, newest first: one query on the (user, -created) index."""
+    return _patiently(lambda: [to_record(row) for row in _live().filter(user_id=user_id).order_by("-created")])
+
+
+def live_keys(keys: list[str]) -> set[str]:
+    return _patiently(lambda: {str(pk) for pk in _live().filter(pk__in=keys).values_list("pk", flat=True)})
+
+
+def create(record: Record) -> None:
+    def call() -> None:
+        with transaction.atomic(using=alias()):
+            Download(pk=record["key"], **_columns(record)).save(using=alias(), force_insert=True)
+
+    _patiently(call)
+
+
+def create_unless(record: Record, refuse: Callable[[list[Record]], T | None]) -> T | None:
+    """``create``, unless ``refuse`` (given the user's live records) returns something; under
+    the user's ``DownloadOwner`` row lock, so concurrent starts of one user see each other."""
+
+    def call() -> T | None:
+        with transaction.atomic(using=alias()):
+            _lock_owner(record["user_id"])
+            current = [to_record(row) for row in _live().filter(user_id=record["user_id"]).order_by("-created")]
+            refused = refuse(current)
+            if refused is not None:
+                return refused
+            Download(pk=record["key"], **_columns(record)).save(using=alias(), force_insert=True)
+        return None
+
+    return _patiently(call)
+
+
+def _lock_owner(user_id: Any) -> None:
+    owners = DownloadOwner.objects.using(alias())
+    # Written first (see the module's doc): the write is the lock.
+    if not owners.filter(pk=user_id).update(starts=F("starts") + 1):
+        owners.bulk_create([DownloadOwner(pk=user_id)], ignore_conflicts=True)
+        owners.filter(pk=user_id).update(starts=F("starts") + 1)
+
+
+def update(
+    key: str, change: Callable[[Record], object], then: Callable[[Record], None] | None = None
+) -> Record | None:
+    """As the cache store's: ``change(record)`` in one transaction that holds the row's lock."""
+
+    def call() -> Record | None:
+        with transaction.atomic(using=alias()):
+            live = _live().filter(pk=key)
+            # The no-op write that locks the row (or, on SQLite, the database) first.
+            if not live.update(percentage=F("percentage")):
+                return None
+            row = live.get()
+            record = to_record(row)
+            if change(record) is False:
+                return None
+            record["updated"] = time.time()
+            rows().filter(pk=key).update(**_columns(record))
+            if then is not None:
+                then(record)
+            return record
+
+    return _patiently(call)
+
+
+def delete(key: str) -> Record | None:
+    def call() -> Record | None:
+        with transaction.atomic(using=alias()):
+            row = rows().select_for_update().filter(pk=key).first()
+            if row is None:
+                return None
+            row.delete(using=alias())
+            return to_record(row) if row.expires > _now() else None
+
+    return _patiently(call)
+
+
+def was_cleared(key: str) -> bool:
+    """A database keeps its rows: one that is gone was cleared (or expired and purged)."""
+    return _patiently(lambda: not rows().filter(pk=key).exists())
+
+
+def remove(keys: set[str]) -> None:
+    _patiently(lambda: rows().filter(pk__in=list(keys)).delete())
+
+
+def purge_expired() -> int:
+    """Delete the rows of expired downloads; their files go with the cleanup's next pass."""
+    deleted, _ = _patiently(lambda: rows().filter(expires__lte=_now()).delete())
+    return deleted
+
+
+def delete_user_downloads(user_id: Any) -> list[Record]:
+    """Delete every row of a user (a deleted user's); return the records."""
+
+    def call() -> list[Record]:
+        with transaction.atomic(using=alias()):
+            found = [to_record(row) for row in rows().filter(user_id=user_id)]
+            rows().filter(user_id=user_id).delete()
+            return found
+
+    return _patiently(call)
+
+
+def reachable() -> bool:
+    try:
+        rows().exists()
+    except DatabaseError:
+        return False
+    return True
