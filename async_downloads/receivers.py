@@ -97,7 +97,8 @@ def on_user_deleted(sender: Any = None, instance: Any = None, **extra: Any) -> N
 
 
 def connect() -> None:
-    post_delete.connect(on_user_deleted, sender=get_user_model(), dispatch_uid="async_downloads.receivers.on_user_deleted")
+    user_model = get_user_model()
+    post_delete.connect(on_user_deleted, sender=user_model, dispatch_uid="async_downloads.receivers.on_user_deleted")
     task_prerun.connect(on_task_prerun, dispatch_uid="async_downloads.receivers.on_task_prerun")
     task_postrun.connect(on_task_postrun, dispatch_uid="async_downloads.receivers.on_task_postrun")
     task_failure.connect(on_task_failure, dispatch_uid="async_downloads.receivers.on_task_failure")
