@@ -80,8 +80,16 @@ def _owned_download(request: HttpRequest, download_key: str) -> cache.Record:
 @signed_in
 @require_safe
 def download(request: HttpRequest, download_key: str) -> HttpResponseBase:
-    """Send the finished file of one of the user's own downloads (``responses.file_response``)."""
-    record = _owned_download(request, download_key)
+    """Send the finished file of one of the user's own downloads (``serve_file``)."""
+    return serve_file(request, _owned_download(request, download_key))
+
+
+def serve_file(request: HttpRequest, record: cache.Record) -> HttpResponseBase:
+    """Send the file of a finished download, whoever may have it (the caller checks).
+
+    Through the front server (``SENDFILE``), a redirect to the storage's URL, or
+    streamed here (``responses.file_response``); 404 without a file.
+    """
     if record["state"] != cache.COMPLETE:
         raise Http404(_("This download has no file."))
     storage = files.get_storage()

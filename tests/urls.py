@@ -1,3 +1,4 @@
+from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.contrib.staticfiles.views import serve
 from django.urls import include, path, re_path
@@ -12,5 +13,6 @@ urlpatterns = [
     path("legacy/", views.legacy, name="legacy"),
     path("login/", auth_views.LoginView.as_view(template_name="testapp/login.html"), name="login"),
     path("async_downloads/", include("async_downloads.urls")),
+    path("admin/", admin.site.urls),
     re_path(r"^static/(?P<path>.*)$", serve, {"insecure": True}),
 ]
