@@ -132,9 +132,12 @@ def init_task_download(
     )
     if task:
         record["task"] = task
-    running = store.create_unless(record, collection_key, lambda current: _refuse(current, task))
-    if running is not None:
-        return collection_key, running, False
+    if settings.MAX_IN_PROGRESS is None and not (task and settings.DEDUPE):
+        store.create(record, collection_key)  # nothing to check: no need to read the user's list
+    else:
+        running = store.create_unless(record, collection_key, lambda current: _refuse(current, task))
+        if running is not None:
+            return collection_key, running, False
     events.download_changed(record, events.CREATED)
     return collection_key, download_key, True
 

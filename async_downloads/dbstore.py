@@ -194,12 +194,17 @@ def update(
             if change(record) is False:
                 return None
             record["updated"] = time.time()
-            rows().filter(pk=key).update(**_columns(record))
+            write(record)
             if then is not None:
                 then(record)
             return record
 
     return _patiently(call)
+
+
+def write(record: Record) -> None:
+    """Store a changed record in its row (inside ``update``'s transaction)."""
+    rows().filter(pk=record["key"]).update(**_columns(record))
 
 
 def delete(key: str) -> Record | None:

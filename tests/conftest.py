@@ -5,7 +5,27 @@ import pytest
 import redis
 from django.conf import settings
 
+from tests import stores
 from tests.processes import child_env, start_worker, stop
+
+
+def pytest_generate_tests(metafunc):
+    """Tests that use ``record_store`` run once per store (tests/stores.py)."""
+    if "record_store" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("stores")
+        metafunc.parametrize("record_store", marker.args if marker else stores.STORES, indirect=True)
+
+
+@pytest.fixture
+def record_store(request, settings):
+    """The store of this run of the test: "cache", "sqlite" or "postgres" (its name)."""
+    name = request.param
+    if name == "postgres" and "postgres" not in settings.DATABASES:
+        pytest.skip(f"No PostgreSQL for the database store: {os.environ.get('POSTGRES_URL_MISSING')}")
+    if name in stores.ALIASES:
+        settings.ASYNC_DOWNLOADS_STORE = "database"
+        settings.ASYNC_DOWNLOADS_DATABASE = stores.ALIASES[name]
+    return name
 
 
 def _prefixed_keys(client):

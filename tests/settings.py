@@ -29,9 +29,11 @@ ROOT_URLCONF = "tests.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 
 INSTALLED_APPS = [
+    "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
+    "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_htmx",
     "django_eventstream",
@@ -58,6 +60,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
 
@@ -70,6 +73,7 @@ TEMPLATES = [
             "context_processors": [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
             ]
         },
     }
@@ -83,6 +87,19 @@ DATABASES: dict[str, dict[str, Any]] = {
         "TEST": {"NAME": os.path.join(WORK_DIR, "test-db.sqlite3")},
     }
 }
+
+# The database store on PostgreSQL (tests/stores.py): the server that answers on 127.0.0.1:5432,
+# else a private one on a free port; without either, those tests are skipped, saying why.
+from devtools import postgres_server  # noqa: E402
+
+POSTGRES_URL = postgres_server.ensure()
+if POSTGRES_URL:
+    DATABASES["postgres"] = {
+        "ENGINE": "django.db.backends.postgresql",
+        **postgres_server.parts(POSTGRES_URL),
+        # A database of this run's own: runs sharing the server keep apart.
+        "TEST": {"NAME": f"test_async_downloads_{RUN_ID}"},
+    }
 
 CACHES = {
     "default": {
@@ -132,6 +149,12 @@ if os.environ.get("ASYNC_DOWNLOADS_TEST_TRANSPORT"):
 for _name, _value in list(os.environ.items()):
     if _name.startswith("ASYNC_DOWNLOADS_TEST_SET_"):
         globals()["ASYNC_DOWNLOADS_" + _name.removeprefix("ASYNC_DOWNLOADS_TEST_SET_")] = float(_value)
+# Processes started with ASYNC_DOWNLOADS_TEST_SMTP=<host>:<port> send mail to that SMTP server
+# (tests/test_notify.py runs one).
+if os.environ.get("ASYNC_DOWNLOADS_TEST_SMTP"):
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_HOST, _port = os.environ["ASYNC_DOWNLOADS_TEST_SMTP"].rsplit(":", 1)
+    EMAIL_PORT = int(_port)
 # Pub/sub ignores the db number: the channel prefix keeps this run's events apart.
 ASYNC_DOWNLOADS_WS_CHANNEL_NAME = f"adtest-{RUN_ID}"
 
@@ -166,4 +189,9 @@ if os.environ.get("ASYNC_DOWNLOADS_TEST_LOG"):  # a process's own log on stderr,
 
 if os.environ.get("ASYNC_DOWNLOADS_TEST_CHILD"):
     # Worker and server processes started by a test use the database that pytest made.
-    DATABASES["default"]["NAME"] = DATABASES["default"]["TEST"]["NAME"]
+    for _database in DATABASES.values():
+        _database["NAME"] = _database["TEST"]["NAME"]
+# Processes started with ASYNC_DOWNLOADS_TEST_STORE=<alias> keep records in that database.
+if os.environ.get("ASYNC_DOWNLOADS_TEST_STORE"):
+    ASYNC_DOWNLOADS_STORE = "database"
+    ASYNC_DOWNLOADS_DATABASE = os.environ["ASYNC_DOWNLOADS_TEST_STORE"]

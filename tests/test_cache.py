@@ -17,9 +17,12 @@ from django.conf import settings as django_settings
 from django.core.cache import InvalidCacheBackendError, caches
 from django.core.files.storage import FileSystemStorage
 
-from async_downloads import cache, events, store
+from async_downloads import cache, dbstore, events, store
+from tests import stores
 
-pytestmark = pytest.mark.django_db
+# One suite for every record store (tests/stores.py); what only the cache store has is marked so.
+pytestmark = [pytest.mark.django_db(databases=stores.DATABASES), pytest.mark.usefixtures("record_store")]
+cache_only = pytest.mark.stores("cache")
 
 UUID4 = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 LEGACY_KEYS = {"timestamp", "filepath", "name", "complete", "errors", "percentage", "css_class", "url"}
@@ -48,16 +51,17 @@ def key(alice):
 
 
 @pytest.fixture
-def writes(key, monkeypatch):
-    """The percentages written to the cache after ``key`` was created (``store.write`` still writes)."""
+def writes(key, monkeypatch, record_store):
+    """The percentages written to the store after ``key`` was created (the writes still happen)."""
     written = []
-    real_write = store.write
+    module = store if record_store == "cache" else dbstore
+    real_write = module.write
 
-    def counting_write(cache_, record):
-        written.append(record["percentage"])
-        real_write(cache_, record)
+    def counting_write(*args):
+        written.append(args[-1]["percentage"])
+        real_write(*args)
 
-    monkeypatch.setattr(store, "write", counting_write)
+    monkeypatch.setattr(module, "write", counting_write)
     return written
 
 
@@ -88,12 +92,14 @@ class TestInitDownload:
         _, key = cache.init_download(alice, "orders.csv")
         assert cache.get_download(key)["css_class"] == "wide"
 
+    @cache_only
     def test_collection_key_format_setting(self, settings, alice):
         settings.ASYNC_DOWNLOADS_COLLECTION_KEY_FORMAT = "exports:{}"
         collection_key, key = cache.init_download(alice, "orders.csv")
         assert collection_key == f"exports:{alice.pk}"
         assert caches["default"].get(collection_key) == [key]
 
+    @cache_only
     def test_collection_lists_keys_newest_first_as_before(self, alice):
         """Code that reads the collection from the cache directly keeps working."""
         collection_key, first = cache.init_download(alice, "1.csv")
@@ -163,6 +169,7 @@ class TestSetPercentage:
     def test_unknown_download_is_not_created(self):
         key = str(uuid.uuid4())
         cache.set_percentage(key, 50)
+        assert cache.get_download(key) is None
         assert caches["default"].get(key) is None
 
 
@@ -205,6 +212,7 @@ class TestUpdatePercentage:
         self.report(key, 1000, resolution=1000)
         assert writes == list(range(100))
 
+    @cache_only
     def test_no_cache_access_between_steps(self, settings, alice):
         """O(1) per row: deciding that nothing changed needs no cache at all."""
         _, key = cache.init_download(alice, "a.csv")
@@ -215,6 +223,22 @@ class TestUpdatePercentage:
             cache.update_percentage(key, total, cur, resolution=100)
         with pytest.raises(InvalidCacheBackendError):
             cache.update_percentage(key, total, 509_999, resolution=100)  # 51 needs the cache
+
+    def test_no_store_access_between_steps(self, alice, monkeypatch):
+        """The same, for every store: between two steps, nothing is read or written."""
+        _, key = cache.init_download(alice, "a.csv")
+        total = 1_000_000
+        cache.update_percentage(key, total, 500_000, resolution=100)  # shows 50
+        calls = []
+        for name in ("read", "read_downloads", "update", "transition"):
+            real = getattr(store, name)
+            counted = lambda *args, _real=real, **kwargs: calls.append(1) or _real(*args, **kwargs)  # noqa: E731
+            monkeypatch.setattr(store, name, counted)
+        for cur in range(500_001, 509_999):  # still 50
+            cache.update_percentage(key, total, cur, resolution=100)
+        assert calls == []
+        cache.update_percentage(key, total, 509_999, resolution=100)  # 51 is written
+        assert calls and cache.get_download(key)["percentage"] == 51
 
     def test_cost_does_not_grow_with_the_resolution(self, alice):
         """The original looped over the resolution on every call."""
@@ -409,16 +433,19 @@ class TestSetError:
 
 
 class TestClearDownload:
-    def test_removes_record_collection_entry_file_and_folder(self, alice, media):
+    def test_removes_record_collection_entry_file_and_folder(self, alice, media, record_store):
         collection_key, kept = cache.init_download(alice, "kept.csv")
         _, key = cache.init_download(alice, "a.csv")
         cache.save_download(key, [["x"]])
         assert (media / "downloads" / key / "a.csv").exists()
         assert cache.clear_download(key) is True
         assert cache.get_download(key) is None
-        assert caches["default"].get(collection_key) == [kept]
+        assert [record["key"] for record in cache.get_downloads(alice)] == [kept]
+        if record_store == "cache":
+            assert caches["default"].get(collection_key) == [kept]
         assert not (media / "downloads" / key).exists()
 
+    @cache_only
     def test_clearing_the_last_download_removes_the_collection(self, alice):
         collection_key, key = cache.init_download(alice, "a.csv")
         cache.clear_download(key)
@@ -444,6 +471,7 @@ class TestClearDownload:
         cache.update_percentage(key, 10, 7)
         cache.set_error(key, "Failed.")
         cache.save_download(key, [["x"]])
+        assert cache.get_download(key) is None
         assert caches["default"].get(key) is None
         assert caches["default"].get(collection_key) is None
         assert cache.get_downloads(alice) == []
@@ -476,6 +504,7 @@ class TestClearDownload:
         assert not (media / "downloads" / key).exists()
 
 
+@cache_only
 class TestCleanupCollection:
     def test_drops_the_keys_of_expired_downloads(self, alice):
         collection_key, first = cache.init_download(alice, "1.csv")
@@ -506,6 +535,7 @@ class TestCleanupCollection:
         assert caches["default"].get("async_downloads/999999") is None
 
 
+@cache_only
 class TestCollectionOutlivesItsDownloads:
     """The original's TODO: a collection could expire while its downloads still existed."""
 
