@@ -21,14 +21,18 @@ from .records import CANCELLED_KIND as CANCELLED
 from .records import CLEARED, COMPLETED, CREATED, FAILED, KINDS, UPDATED, Record
 
 __all__ = [
-    "CANCELLED", "CLEARED", "COMPLETED", "CREATED", "FAILED", "KINDS", "UPDATED",
-    "download_changed", "download_changed_signal", "publish",
+    "CANCELLED", "CLEARED", "COMPLETED", "CREATED", "FAILED", "FINISH_KINDS", "KINDS", "UPDATED",
+    "download_changed", "download_changed_signal", "download_finished", "publish",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Sent after a download's record changed, with ``record`` and ``kind``.
 download_changed_signal = Signal()
+#: Sent once per download, when it finishes, with ``record`` and ``kind`` (one of ``FINISH_KINDS``).
+download_finished = Signal()
+#: The kinds of change that finish a download: a finished download never changes state again.
+FINISH_KINDS: Final = frozenset({COMPLETED, FAILED, CANCELLED})
 
 RESYNC_INTERVAL: Final = 1.0
 #: The transports that push, by name (the polling transport has none).
@@ -41,6 +45,12 @@ def download_changed(record: Record, kind: str) -> None:
         download_changed_signal.send(sender=None, record=record, kind=kind)
     except Exception:
         logger.exception("A download_changed receiver failed for %s.", record.get("key"))
+    _publish_or_resync(record, kind)
+    if kind in FINISH_KINDS:
+        _announce_finish(record, kind)
+
+
+def _publish_or_resync(record: Record, kind: str) -> None:
     pk = record["user_id"]
     if pk in _resync.pending:
         return  # a full update is already on its way
@@ -49,6 +59,20 @@ def download_changed(record: Record, kind: str) -> None:
     except Exception:
         logger.warning("Publishing %s of download %s failed; will resend.", kind, record.get("key"), exc_info=True)
         _resync.add(pk)
+
+
+def _announce_finish(record: Record, kind: str) -> None:
+    """``download_finished``, to every receiver: one that raises is logged, and the others still run.
+
+    Sent once: the cache API calls ``download_changed`` with a finishing kind only after the
+    store moved the record into a finished state, a move that ``records.TRANSITIONS`` allows once.
+    """
+    for receiver, result in download_finished.send_robust(sender=None, record=record, kind=kind):
+        if isinstance(result, Exception):
+            logger.error(
+                "A download_finished receiver (%r) failed for %s.", receiver, record.get("key"),
+                exc_info=(type(result), result, result.__traceback__),
+            )
 
 
 def publish(

@@ -6,6 +6,7 @@
 - A task started by the shortcuts raised: its download becomes an error
   (``cache.task_failed``), unless the task ended because its download was cancelled.
 - A user is deleted: their downloads are cleared, records and files (``cache.clear_user_downloads``).
+- A download finished (``events.download_finished``): its owner may get an e-mail (``async_downloads.notify``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from celery.signals import task_failure, task_postrun, task_prerun
 from django.contrib.auth import get_user_model
 from django.db.models.signals import post_delete
 
-from . import cache, jobs
+from . import cache, events, jobs, notify
 from .heartbeat import heartbeats
 from .records import CANCELLED_PATH, DownloadCancelled
 
@@ -102,6 +103,7 @@ def connect() -> None:
     task_prerun.connect(on_task_prerun, dispatch_uid="async_downloads.receivers.on_task_prerun")
     task_postrun.connect(on_task_postrun, dispatch_uid="async_downloads.receivers.on_task_postrun")
     task_failure.connect(on_task_failure, dispatch_uid="async_downloads.receivers.on_task_failure")
+    events.download_finished.connect(notify.on_download_finished, dispatch_uid="async_downloads.notify")
     for framework in jobs.tasks_frameworks():
         signals = importlib.import_module(f"{framework.__name__}.signals")
         uid = f"async_downloads.receivers.{{}}.{framework.__name__}"

@@ -109,6 +109,9 @@ class Record(_RecordBase, total=False):
     rows_started_at: float
     rows_done_at_start: int
     rows_reported_at: float
+    #: When the e-mail notice of the finished download was claimed for sending (epoch
+    #: seconds; ``async_downloads.notify``): set once, so that one process sends it.
+    notified: float
 
 
 class DownloadCancelled(Exception):
