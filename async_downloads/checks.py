@@ -5,14 +5,18 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import redis
 from django.apps import AppConfig
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.utils.module_loading import import_string
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from . import compat, grip
-from .conf import TRANSPORTS, settings
+from .conf import TRANSPORTS, settings, store_name
 from .sse import ChannelManager
 
 PER_PROCESS_CACHES = {
@@ -227,3 +231,157 @@ def check_grip(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) ->
             id="async_downloads.W006",
         ))
     return found
+
+
+DJANGO_REDIS_CACHE = "django.core.cache.backends.redis.RedisCache"
+DJANGO_REDIS_PACKAGE_CACHE = "django_redis.cache.RedisCache"
+#: Seconds the deploy check waits for Redis to connect and to answer: `check --deploy` must not hang.
+REDIS_PROBE_TIMEOUT = 1.0
+
+
+@register(deploy=True)
+def check_cache_redis(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """Cache store: the Redis behind it keeps records through a restart, and never evicts them.
+
+    Silent whenever it cannot tell: CONFIG refused (managed Redis, ACLs), Redis
+    unreachable, a cache that is not Redis, the database store.
+    """
+    try:
+        if store_name() != "cache":
+            return []
+    except ValueError:
+        return []
+    alias = settings.CACHE_NAME
+    config = (getattr(django_settings, "CACHES", None) or {}).get(alias)
+    if not isinstance(config, dict) or config.get("BACKEND") not in (DJANGO_REDIS_CACHE, DJANGO_REDIS_PACKAGE_CACHE):
+        return []
+    servers = _redis_servers(config.get("LOCATION"))
+    options = _redis_options(config)
+    if not servers or options is None:
+        return []
+    found = _redis_config(servers[0], options)
+    if found is None:
+        return []
+    where = f"The Redis of the cache {alias!r} ({_redacted(servers[0])}"
+    where += ", the first server of its LOCATION; the others were not checked)" if len(servers) > 1 else ")"
+    messages: list[CheckMessage] = []
+    if found.get("save") == "" and found.get("appendonly") == "no":
+        messages.append(Warning(
+            f"{where} keeps nothing on disk (save is empty, appendonly is no): a restart of Redis "
+            "loses every user's downloads.",
+            hint='Use the database store (ASYNC_DOWNLOADS_STORE = "database"), or turn on persistence '
+                 'in Redis: AOF (appendonly yes) or RDB snapshots (save "900 1").',
+            id="async_downloads.W007",
+        ))
+    policy = found.get("maxmemory-policy")
+    if policy is not None and policy != "noeviction":
+        limit = found.get("maxmemory")
+        when = "once it reaches maxmemory"
+        if limit:
+            when += " (not set yet)" if limit == "0" else f" ({limit} bytes)"
+        if policy.startswith("volatile-"):
+            what = "it evicts keys with a TTL first, and every download record has one"
+        elif policy.startswith("allkeys-"):
+            what = "it evicts any key, download records included"
+        else:
+            what = "it may evict download records"
+        messages.append(Warning(
+            f"{where} has maxmemory-policy {policy!r}: {when}, {what}, and those downloads vanish "
+            "from their users' download centres.",
+            hint='Set maxmemory-policy noeviction in Redis (it then refuses writes when full instead of '
+                 'dropping records), or use the database store (ASYNC_DOWNLOADS_STORE = "database").',
+            id="async_downloads.W008",
+        ))
+    return messages
+
+
+def _redis_servers(location: object) -> list[str]:
+    """The server URLs of a Redis cache's LOCATION (a string, comma- or semicolon-separated, or a list)."""
+    if isinstance(location, str):
+        location = location.replace(";", ",").split(",")
+    if not isinstance(location, list | tuple):
+        return []
+    return [server.strip() for server in location if isinstance(server, str) and server.strip()]
+
+
+def _redis_options(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Connection options for probing the cache's Redis, with short timeouts and no retries;
+    None where the servers are not in LOCATION (django-redis's Sentinel client)."""
+    options = config.get("OPTIONS") or {}
+    if not isinstance(options, dict):
+        return None
+    if config.get("BACKEND") == DJANGO_REDIS_PACKAGE_CACHE:
+        if "SENTINELS" in options or "sentinel" in str(options.get("CLIENT_CLASS", "")).lower():
+            return None
+        probe = dict(options.get("CONNECTION_POOL_KWARGS") or {})
+        if options.get("PASSWORD"):
+            probe["password"] = options["PASSWORD"]
+    else:
+        # Django's RedisCache hands its OPTIONS to the connection pool, except these two.
+        probe = {key: value for key, value in options.items() if key not in ("pool_class", "parser_class")}
+    probe.update(
+        socket_connect_timeout=REDIS_PROBE_TIMEOUT,
+        socket_timeout=REDIS_PROBE_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),
+        retry_on_timeout=False,
+        retry_on_error=[],
+        decode_responses=True,
+    )
+    return probe
+
+
+def _redis_config(url: str, options: dict[str, Any]) -> dict[str, str] | None:
+    """The persistence and eviction settings of the Redis at ``url``, or None if it cannot tell."""
+    try:
+        pool = redis.ConnectionPool.from_url(url, **options)
+    except (ValueError, TypeError):
+        return None
+    try:
+        client = redis.Redis(connection_pool=pool)
+        found: dict[str, str] = {}
+        # One parameter per CONFIG GET: Redis before 7 takes no more.
+        for name in ("save", "appendonly", "maxmemory-policy", "maxmemory"):
+            reply = client.config_get(name)
+            value = reply.get(name) if isinstance(reply, dict) else None
+            if isinstance(value, str):
+                found[name] = value
+        return found
+    # ResponseError: CONFIG unknown or renamed, NOPERM; ConnectionError, TimeoutError: unreachable.
+    except (redis.RedisError, OSError, ValueError, TypeError):
+        return None
+    finally:
+        pool.disconnect()
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its credentials and query (which may hold a password)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+@register()
+def check_email_notice(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """The e-mail notice's links (``async_downloads.notify``): absolute, on an http(s) BASE_URL."""
+    base_url = str(settings.BASE_URL or "")
+    if base_url and not _is_absolute_http_url(base_url):
+        return [Warning(
+            f"ASYNC_DOWNLOADS_BASE_URL is {base_url!r}; it must be an absolute http or https URL.",
+            hint='Set it to where your site is served, e.g. "https://example.com".',
+            id="async_downloads.W009",
+        )]
+    if settings.EMAIL_AFTER is not None and not base_url:
+        return [Warning(
+            "ASYNC_DOWNLOADS_EMAIL_AFTER is set but ASYNC_DOWNLOADS_BASE_URL is empty: the links in the "
+            "e-mails to owners of finished downloads are relative, and no mail program can open them.",
+            hint='Set ASYNC_DOWNLOADS_BASE_URL to where your site is served, e.g. "https://example.com".',
+            id="async_downloads.W009",
+        )]
+    return []
+
+
+def _is_absolute_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed "[" of an IPv6 host, say
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
