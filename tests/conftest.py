@@ -13,7 +13,27 @@ def pytest_generate_tests(metafunc):
     """Tests that use ``record_store`` run once per store (tests/stores.py)."""
     if "record_store" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("stores")
-        metafunc.parametrize("record_store", marker.args if marker else stores.STORES, indirect=True)
+        names = marker.args if marker else stores.STORES
+        if not marker and {"celery_worker", "web_server"} & set(metafunc.fixturenames):
+            names = ("cache",)  # the session's worker and web server keep their records in the cache
+        metafunc.parametrize("record_store", names, indirect=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_test_database_can_be_dropped(django_db_setup, django_db_blocker):
+    """Before the PostgreSQL test database is dropped, end the sessions that threads of this
+    process (a heartbeat, a resync) left open on it: PostgreSQL refuses to drop it otherwise."""
+    yield
+    if "postgres" not in settings.DATABASES:
+        return
+    from django.db import connections
+
+    name = connections["postgres"].settings_dict["NAME"]
+    with django_db_blocker.unblock(), connections["postgres"].cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            [name],
+        )
 
 
 @pytest.fixture

@@ -8,10 +8,11 @@ from django.urls import reverse
 
 from async_downloads import cache, events, partials
 from async_downloads.shortcuts import init_generic_csv_download
+from tests import stores
 from tests.testapp.tasks import queued_elsewhere, report_progress, slow_export, wait_for_cancel
 from tests.waits import wait_until
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db(databases=stores.DATABASES), pytest.mark.usefixtures("record_store")]
 
 
 @pytest.fixture

@@ -1,9 +1,11 @@
 """Cleanup of expired downloads: their files go, live ones and anything else stay.
 
 A download "expires" here by deleting its record from the cache, which is
-what Redis does when the record's timeout runs out.
+what Redis does when the record's timeout runs out, or, in the database store,
+by moving its row's expiry into the past.
 """
 
+import datetime
 import io
 import uuid
 
@@ -11,15 +13,21 @@ import pytest
 from django.core.cache import caches
 from django.core.files.storage import FileSystemStorage
 from django.core.management import call_command
+from django.utils import timezone
 
-from async_downloads import cache, cleanup
+from async_downloads import cache, cleanup, dbstore, store
 from async_downloads.tasks import cleanup_expired_downloads as cleanup_task
+from tests import stores
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db(databases=stores.DATABASES), pytest.mark.usefixtures("record_store")]
 
 
 def expire(key):
-    caches["default"].delete(key)
+    """As if ``key``'s timeout had passed: the cache drops the record, a row's expiry is past."""
+    if store.in_database():
+        dbstore.rows().filter(pk=key).update(expires=timezone.now() - datetime.timedelta(seconds=1))
+    else:
+        caches["default"].delete(key)
 
 
 @pytest.fixture
@@ -41,6 +49,8 @@ class TestCleanup:
         assert cleanup.cleanup_expired_downloads() == [expired]
         assert not (media / "downloads" / expired).exists()
         assert (media / "downloads" / live / "live.csv").read_bytes() == b"x\n"
+        if store.in_database():  # the expired row goes too; the live one stays
+            assert set(dbstore.rows().values_list("pk", flat=True)) == {uuid.UUID(live)}
 
     def test_a_running_download_is_live(self, alice, media, saved):
         _, running = cache.init_download(alice, "running.csv")

@@ -3,12 +3,16 @@
 import threading
 
 import pytest
+from django.db import connections
 from django.urls import reverse
 
 from async_downloads import cache
 from async_downloads.shortcuts import start_download
+from tests import stores
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db(databases=stores.DATABASES), pytest.mark.usefixtures("record_store")]
+# Threads have connections of their own: they see only committed rows.
+threaded = pytest.mark.django_db(transaction=True, databases=stores.DATABASES)
 
 
 class CountedTask:
@@ -80,6 +84,7 @@ class TestMaxInProgress:
         start(bob, task, 1)
         assert len(cache.get_downloads(bob)) == 1
 
+    @threaded
     def test_holds_under_concurrent_starts(self, settings, alice, task):
         settings.ASYNC_DOWNLOADS_MAX_IN_PROGRESS = 3
         barrier = threading.Barrier(8)
@@ -93,6 +98,8 @@ class TestMaxInProgress:
                 outcomes.append("refused")
             else:
                 outcomes.append("created")
+            finally:
+                connections.close_all()
 
         threads = [threading.Thread(target=run, args=(number,)) for number in range(8)]
         for thread in threads:
@@ -162,13 +169,17 @@ class TestDedupe:
         settings.ASYNC_DOWNLOADS_DEDUPE = False
         assert start(alice, task, 5) != start(alice, task, 5)
 
+    @threaded
     def test_concurrent_identical_starts_give_one_task(self, alice, task):
         barrier = threading.Barrier(8)
         keys = []
 
         def run():
             barrier.wait()
-            keys.append(start(alice.pk, task, 5))
+            try:
+                keys.append(start(alice.pk, task, 5))
+            finally:
+                connections.close_all()
 
         threads = [threading.Thread(target=run) for _ in range(8)]
         for thread in threads:

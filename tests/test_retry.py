@@ -8,10 +8,11 @@ from django.urls import reverse
 
 from async_downloads import cache, partials
 from async_downloads.shortcuts import init_generic_csv_download
+from tests import stores
 from tests.testapp.tasks import queued_elsewhere, raising_export, report_progress, slow_export
 from tests.waits import wait_for_state
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db(databases=stores.DATABASES), pytest.mark.usefixtures("record_store")]
 
 
 
@@ -180,6 +181,7 @@ class TestRow:
 
 
 
+@pytest.mark.stores("cache")  # a database row holds JSON only: such arguments cannot be stored there
 def test_a_retry_whose_task_cannot_be_sent_is_a_failed_row_that_can_be_retried(alice):
     from async_downloads import store
 

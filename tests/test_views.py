@@ -4,8 +4,9 @@ import pytest
 from django.urls import reverse
 
 from async_downloads import cache
+from tests import stores
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db(databases=stores.DATABASES), pytest.mark.usefixtures("record_store")]
 
 
 def csrf_post(client, url, **data):
