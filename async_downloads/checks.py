@@ -385,3 +385,24 @@ def _is_absolute_http_url(url: str) -> bool:
     except ValueError:  # an unclosed "[" of an IPv6 host, say
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+@register()
+def check_store(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    try:
+        name = store_name()
+    except ValueError as error:
+        return [Error(str(error), id="async_downloads.E010")]
+    if name != "database":
+        return []
+    alias = settings.DATABASE
+    databases = getattr(django_settings, "DATABASES", {})
+    if alias not in databases:
+        return [
+            Error(
+                f"ASYNC_DOWNLOADS_DATABASE is {alias!r}, but DATABASES has no such alias.",
+                hint=f"Use one of {sorted(databases)!r} (the database store keeps its rows there).",
+                id="async_downloads.E011",
+            )
+        ]
+    return []

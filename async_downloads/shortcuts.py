@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from . import jobs, writers
+from . import jobs, store, writers
 from .cache import init_task_download, save_download, update_percentage
 
 __all__ = ["init_generic_csv_download", "init_generic_export", "queryset_export", "queryset_to_csv", "start_download"]
@@ -119,7 +119,9 @@ def start_download(
     the arguments must therefore be JSON-serialisable (a TypeError says which
     one is not, before anything is created).
 
-    With ``ASYNC_DOWNLOADS_MAX_IN_PROGRESS`` reached, ``cache.TooManyDownloads`` is
+    In the database store, inside a transaction, the task starts when that transaction
+    commits (and not at all if it rolls back), since a worker could not see the download
+    before. With ``ASYNC_DOWNLOADS_MAX_IN_PROGRESS`` reached, ``cache.TooManyDownloads`` is
     raised and nothing is created or started. With ``ASYNC_DOWNLOADS_DEDUPE``, a
     download of the user's still in progress for the same task and arguments is
     returned instead of starting a second task.
@@ -130,7 +132,8 @@ def start_download(
     info = jobs.describe(task, args, kwargs)
     collection_key, download_key, created = init_task_download(user, filename, name, info)
     if created:
-        jobs.start(task, download_key, args, kwargs)
+        # In the database store inside a transaction (ATOMIC_REQUESTS, say): once it commits.
+        store.after_commit(lambda: jobs.start(task, download_key, args, kwargs))
     return collection_key, download_key
 
 

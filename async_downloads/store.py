@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from django.core.cache import BaseCache
+from django.db import transaction
 
 from . import compat, dbstore, records
 from .conf import settings, store_name
@@ -377,3 +378,13 @@ def purge_expired() -> int:
     """Delete the records of expired downloads where they do not expire by themselves (the
     database store's rows); return how many. The cache expires its records on its own."""
     return dbstore.purge_expired() if in_database() else 0
+
+
+def after_commit(call: Callable[[], object]) -> None:
+    """Run ``call`` once the new records are visible to other processes: at once in the cache
+    store; in the database store when the transaction that wrote them commits (at once outside
+    one), so that a worker never starts on a row it cannot see yet."""
+    if in_database():
+        transaction.on_commit(call, using=dbstore.alias())
+    else:
+        call()

@@ -5,6 +5,7 @@ import pytest
 import redis
 from django.conf import settings
 
+from async_downloads import dbstore, store
 from tests import stores
 from tests.processes import child_env, start_worker, stop
 
@@ -45,7 +46,20 @@ def record_store(request, settings):
     if name in stores.ALIASES:
         settings.ASYNC_DOWNLOADS_STORE = "database"
         settings.ASYNC_DOWNLOADS_DATABASE = stores.ALIASES[name]
+        request.getfixturevalue("monkeypatch").setattr(store, "after_commit", _after_commit_in_a_test)
     return name
+
+
+def _after_commit_in_a_test(call):
+    """``store.after_commit`` where the test's own transaction stands for autocommit: a test that
+    is not ``transaction=True`` never commits, so its starts would never run otherwise."""
+    from django.db import connections, transaction
+
+    alias = dbstore.alias()
+    if all(getattr(block, "_from_testcase", False) for block in connections[alias].atomic_blocks):
+        call()
+    else:
+        transaction.on_commit(call, using=alias)
 
 
 def _prefixed_keys(client):
