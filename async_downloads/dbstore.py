@@ -252,3 +252,20 @@ def reachable() -> bool:
     except DatabaseError:
         return False
     return True
+
+
+def copy_in(found: list[Record]) -> tuple[int, int]:
+    """Store records read from the cache store: new ones as rows, and the rows of those that
+    changed in the cache since (their ``updated`` is later) replaced. Returns
+    ``(created, replaced)``; a row at least as new as its record is left as it is."""
+    created = replaced = 0
+    for record in found:
+        with transaction.atomic(using=alias()):
+            row = rows().select_for_update().filter(pk=record["key"]).first()
+            if row is None:
+                Download(pk=record["key"], **_columns(record)).save(using=alias(), force_insert=True)
+                created += 1
+            elif float(row.data.get("updated", 0)) < record["updated"]:
+                write(record)
+                replaced += 1
+    return created, replaced

@@ -388,3 +388,20 @@ def after_commit(call: Callable[[], object]) -> None:
         transaction.on_commit(call, using=dbstore.alias())
     else:
         call()
+
+
+def copy_cache_to_database(user_ids: Iterable[Any]) -> tuple[int, int]:
+    """Copy the cache store's records of these users into the database store (moving a site
+    from one to the other, ``manage.py copy_downloads_to_database``); see ``dbstore.copy_in``.
+    Reads the cache whatever ``ASYNC_DOWNLOADS_STORE`` says. Returns ``(created, replaced)``."""
+    cache = get_cache()
+    created = replaced = 0
+    ids = list(user_ids)
+    collections = cache.get_many([collection_key(pk) for pk in ids])
+    for pk in ids:
+        keys: list[str] = collections.get(collection_key(pk)) or []
+        found = cache.get_many(keys)
+        owned = [found[key] for key in keys if key in found and found[key].get("user_id") == pk]
+        counts = dbstore.copy_in(owned)
+        created, replaced = created + counts[0], replaced + counts[1]
+    return created, replaced

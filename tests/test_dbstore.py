@@ -10,9 +10,10 @@ import threading
 import uuid
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import OperationalError, connections, transaction
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from django.utils import timezone
 
 from async_downloads import cache, checks, dbstore, store
@@ -204,3 +205,50 @@ def test_in_the_cache_store_the_task_starts_at_once(alice):
     with transaction.atomic():
         _, key = start_download(alice, "a.csv", task)
         assert task.calls == [((key,), {})]
+
+
+class TestCopyFromTheCache:
+    """``manage.py copy_downloads_to_database``: moving a site from the cache store."""
+
+    def copy(self, *args):
+        out = io.StringIO()
+        call_command("copy_downloads_to_database", *args, stdout=out)
+        return out.getvalue().strip()
+
+    def test_the_cache_stores_downloads_are_listed_and_served_from_rows(self, settings, alice, bob, media, client):
+        settings.ASYNC_DOWNLOADS_STORE = "cache"
+        _, done = cache.init_download(alice, "done.csv")
+        cache.save_download(done, [["id"], [7]])
+        _, running = cache.init_download(alice, "running.csv")
+        cache.set_percentage(running, 30)
+        _, theirs = cache.init_download(bob, "theirs.csv")
+        settings.ASYNC_DOWNLOADS_STORE = "database"
+        assert cache.get_downloads(alice) == []
+
+        assert self.copy() == "Copied 3 download(s) into the database; replaced 0 older row(s)."
+        listed = cache.get_downloads(alice)
+        assert [(r["key"], r["state"], r["percentage"]) for r in listed] == [
+            (running, "running", 30), (done, "complete", 100)
+        ]
+        assert [r["key"] for r in cache.get_downloads(bob)] == [theirs]
+        client.force_login(alice)
+        response = client.get(cache.get_download(done)["url"])
+        assert b"".join(response.streaming_content) == b"id\n7\n"
+        assert client.get(reverse("async_downloads:download", args=[theirs])).status_code == 404  # bob's
+
+        assert self.copy() == "Copied 0 download(s) into the database; replaced 0 older row(s)."
+
+    def test_a_record_that_changed_in_the_cache_since_replaces_its_row(self, settings, alice):
+        settings.ASYNC_DOWNLOADS_STORE = "cache"
+        _, key = cache.init_download(alice, "a.csv")
+        settings.ASYNC_DOWNLOADS_STORE = "database"
+        self.copy()
+        settings.ASYNC_DOWNLOADS_STORE = "cache"
+        cache.set_percentage(key, 60)  # an old worker still reporting to the cache
+        settings.ASYNC_DOWNLOADS_STORE = "database"
+        assert self.copy("--user", str(alice.pk)) == "Copied 0 download(s) into the database; replaced 1 older row(s)."
+        assert cache.get_download(key)["percentage"] == 60
+
+    def test_an_unknown_user_is_a_clear_error(self):
+        with pytest.raises(CommandError, match="No such user"):
+            self.copy("--user", "987654")
