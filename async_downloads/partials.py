@@ -35,7 +35,7 @@ from .records import Record
 
 __all__ = [
     "CENTRE", "INDICATOR", "MESSAGE", "REFRESH", "ROW", "STATUS", "TRANSPORTS",
-    "centre_context", "events_url", "language_of", "localized", "localized_text", "render_message", "render_refresh",
+    "centre_context", "events_url", "language_of", "localized", "localized_text", "render_message", "render_notice", "render_refresh",
     "render_row", "transport", "version",
 ]
 
@@ -129,6 +129,13 @@ def render_message(pk: Any, record: Record | None = None, kind: str | None = Non
             "notice": localized_text(notice),
         }
         return render_to_string(MESSAGE, context)
+
+
+def render_notice(pk: Any, notice: str) -> str:
+    """The list with ``notice`` above it (shown and announced), as a page's answer to an action
+    that was refused: out-of-band elements only, in the active language (the request's)."""
+    context = {"centre": centre_context(pk), "announce": None, "notice": localized_text(notice)}
+    return render_to_string(MESSAGE, context)
 
 
 # --- Languages -------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from django.utils.http import content_disposition_header
 from django.utils.translation import gettext as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST, require_safe
-from django_htmx.http import HttpResponseStopPolling, trigger_client_event
+from django_htmx.http import HttpResponseStopPolling, reswap, trigger_client_event
 
 from . import cache, files, partials, responses
 from .conf import settings
@@ -169,13 +169,15 @@ def cancel(request: HttpRequest, download_key: str) -> HttpResponse:
 
 @signed_in
 @require_POST
-def retry(request: HttpRequest, download_key: str) -> HttpResponse:
+def retry(request: HtmxHttpRequest, download_key: str) -> HttpResponse:
     """Start a failed or cancelled download of the user's again; answer with the new row."""
     try:
         new_key = cache.retry_download(download_key, user=request.user)
     except cache.TooManyDownloads as refused:
-        # 429, so that htmx swaps nothing: the row stays as it was, retryable later.
-        return HttpResponse(refused.message, status=429, content_type="text/plain; charset=utf-8")
+        if not request.htmx:
+            return HttpResponse(refused.message, status=429, content_type="text/plain; charset=utf-8")
+        # The row stays as it was (retryable later); the list shows why, above it.
+        return reswap(HttpResponse(partials.render_notice(request.user.pk, refused.message)), "none")
     if new_key is None:
         raise Http404(_("No such download to retry."))
     response = HttpResponse(partials.render_row(_owned_download(request, new_key)))

@@ -131,6 +131,22 @@ class TestRetryView:
         assert "already have 1 download in progress" in response.content.decode()
         assert cache.is_retryable(cache.get_download(failed))
 
+    def test_from_the_centre_the_row_stays_and_the_list_says_why(self, settings, client_for, alice, task):
+        """htmx swaps nothing on a 4xx: the centre's button gets a 200 whose list shows the notice."""
+        settings.ASYNC_DOWNLOADS_MAX_IN_PROGRESS = 1
+        _, failed = start(alice, task, 1)
+        cache.set_error(failed, "Broken.")
+        start(alice, task, 2)
+        response = client_for(alice).post(
+            reverse("async_downloads:retry", args=[failed]), headers={"HX-Request": "true"}
+        )
+        assert response.status_code == 200 and response.headers["HX-Reswap"] == "none"
+        html = response.content.decode()
+        assert '<li class="async-downloads__notice" role="alert">You already have 1 download in progress.' in html
+        assert 'id="async-downloads-list"' in html and 'hx-swap-oob="true"' in html
+        assert f'id="download-{failed}"' in html  # still listed, still retryable
+        assert cache.is_retryable(cache.get_download(failed))
+
     def test_uncaught_in_a_view_it_is_a_403_not_a_500(self):
         from django.core.exceptions import PermissionDenied
 
