@@ -16,7 +16,7 @@ default:
 setup:
     uv sync --frozen --quiet
 
-# System packages the real-parts tests need: redis-server (when no Redis answers), chromium, and gettext (the catalogue tests).
+# System packages the real-parts tests need: redis-server (when no Redis answers), chromium, gettext (the catalogue tests), pushpin, and postgresql (when no PostgreSQL answers).
 system-deps:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -27,6 +27,8 @@ system-deps:
     if ! command -v msgfmt >/dev/null || ! command -v xgettext >/dev/null; then need+=(gettext); fi
     # Pushpin, the GRIP proxy of the tests and benchmarks behind a proxy (devtools/pushpin.py); it brings condure and zurl.
     if ! command -v pushpin >/dev/null; then need+=(pushpin); fi
+    # PostgreSQL, for the database store's tests: the server on 127.0.0.1:5432 if one answers, else one the suite starts.
+    if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need+=(postgresql); fi
     if [ ${#need[@]} -eq 0 ]; then exit 0; fi
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "Installing ${need[*]} (apt-get)…"

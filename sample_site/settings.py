@@ -149,6 +149,9 @@ EVENTSTREAM_CHANNELMANAGER_CLASS = "async_downloads.sse.ChannelManager"
 ASYNC_DOWNLOADS_WS_CHANNEL_NAME = "sample-downloads"
 # Customers type their own names: exports opened in a spreadsheet must not run them as formulas.
 ASYNC_DOWNLOADS_ESCAPE_FORMULAS = True
+# `STORE=database just demo` keeps the downloads in the site's database (the admin lists them
+# under /admin/); the default keeps them in Redis.
+ASYNC_DOWNLOADS_STORE = os.environ.get("STORE") or "cache"
 
 # GRIP mode (`just demo-pushpin`): the Pushpin in front of gunicorn holds the streams; every process
 # publishes each change to its control port, signed with the key Pushpin signs its requests with.
