@@ -36,6 +36,13 @@ def run(cache, partials, command):
     if op == "get":
         record = cache.get_download(command["key"])
         return record and {name: record[name] for name in ("state", "errors", "percentage", "url", "filepath")}
+    if op == "start":
+        from async_downloads.shortcuts import start_download
+        from tests.celery_app import app  # noqa: F401  # the tasks' app: its broker is this process's
+        from tests.testapp import tasks
+
+        task = getattr(tasks, command["task"])
+        return start_download(command["user"], command["filename"], task, kwargs=command.get("kwargs"))[1]
     if op == "task":
         from tests.celery_app import app
 
