@@ -519,11 +519,15 @@ def _complete(download_key: str, path: str) -> None:
         download_key, COMPLETE, filepath=path, url=_file_url(download_key), expires=time.time() + settings.TIMEOUT
     )
     if record is None:
-        # Cancelled, cleared or lost while the file was being written: keep no file.
-        _discard_files(path)
-        if store.read(download_key) is None:
-            _log_missing(download_key, existed=True)
-        return
+        current = store.read(download_key)
+        if current is None or current["state"] != COMPLETE or current["filepath"] != path:
+            # Cancelled, cleared or lost while the file was being written: keep no file.
+            _discard_files(path)
+            if current is None:
+                _log_missing(download_key, existed=True)
+            return
+        # Complete with this very file: the store's write landed although it was reported as failed.
+        record = current
     store.extend_collection(store.collection_key(record["user_id"]), record["expires"])
     events.download_changed(record, events.COMPLETED)
 

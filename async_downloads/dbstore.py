@@ -23,11 +23,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connections, transaction
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connections, transaction
 from django.db.models import F, QuerySet
 
 from . import records
@@ -38,6 +39,9 @@ from .records import Record
 logger = logging.getLogger(__name__)
 
 OUTAGE_RETRY_DELAYS = (0.1, 0.2, 0.5, 1)
+#: The key in a row's ``data`` naming the call that wrote it last: a call repeated after its
+#: COMMIT's answer was lost finds its own write there, and does not apply its change twice.
+WRITE_KEY = "_write"
 T = TypeVar("T")
 
 
@@ -61,11 +65,12 @@ def _patiently(call: Callable[[], T]) -> T:
     """Run ``call``, and again while the database is unreachable (see the module's doc)."""
     try:
         return call()
-    except (OperationalError, InterfaceError):
+    except (OperationalError, InterfaceError) as error:
         if connections[alias()].in_atomic_block:
             raise
+        first = error
     wait = float(settings.OUTAGE_WAIT)
-    logger.warning("The database is unreachable; waiting up to %s s for it.", wait, exc_info=True)
+    logger.warning("The database is unreachable; waiting up to %s s for it.", wait, exc_info=first)
     deadline = time.monotonic() + wait
     attempt = 0
     while True:
@@ -111,7 +116,7 @@ def _columns(record: Record) -> dict[str, Any]:
 
 
 def to_record(row: Download) -> Record:
-    record: Record = dict(row.data)  # type: ignore[assignment]  # the JSON object of a record
+    record: Record = {k: v for k, v in row.data.items() if k != WRITE_KEY}  # type: ignore[assignment]  # JSON
     record["timestamp"] = row.created
     record["user_id"] = row.user_id
     return record
@@ -145,12 +150,19 @@ def live_keys(keys: list[str]) -> set[str]:
     return _patiently(lambda: {str(pk) for pk in _live().filter(pk__in=keys).values_list("pk", flat=True)})
 
 
-def create(record: Record) -> None:
-    def call() -> None:
+def _insert(record: Record) -> None:
+    try:
         with transaction.atomic(using=alias()):
             Download(pk=record["key"], **_columns(record)).save(using=alias(), force_insert=True)
+    except IntegrityError:
+        # Keys are new UUIDs: a row with this one is this call's own, committed by an attempt
+        # whose answer was lost.
+        if not rows().filter(pk=record["key"]).exists():
+            raise
 
-    _patiently(call)
+
+def create(record: Record) -> None:
+    _patiently(lambda: _insert(record))
 
 
 def create_unless(record: Record, refuse: Callable[[list[Record]], T | None]) -> T | None:
@@ -161,6 +173,8 @@ def create_unless(record: Record, refuse: Callable[[list[Record]], T | None]) ->
         with transaction.atomic(using=alias()):
             _lock_owner(record["user_id"])
             current = [to_record(row) for row in _live().filter(user_id=record["user_id"]).order_by("-created")]
+            if any(existing["key"] == record["key"] for existing in current):
+                return None  # created by an attempt whose answer was lost
             refused = refuse(current)
             if refused is not None:
                 return refused
@@ -182,6 +196,7 @@ def update(
     key: str, change: Callable[[Record], object], then: Callable[[Record], None] | None = None
 ) -> Record | None:
     """As the cache store's: ``change(record)`` in one transaction that holds the row's lock."""
+    token = uuid.uuid4().hex
 
     def call() -> Record | None:
         with transaction.atomic(using=alias()):
@@ -191,10 +206,12 @@ def update(
                 return None
             row = live.get()
             record = to_record(row)
+            if row.data.get(WRITE_KEY) == token:
+                return record  # this call's change, committed by an attempt whose answer was lost
             if change(record) is False:
                 return None
             record["updated"] = time.time()
-            write(record)
+            write(record, token)
             if then is not None:
                 then(record)
             return record
@@ -202,9 +219,11 @@ def update(
     return _patiently(call)
 
 
-def write(record: Record) -> None:
-    """Store a changed record in its row (inside ``update``'s transaction)."""
-    rows().filter(pk=record["key"]).update(**_columns(record))
+def write(record: Record, token: str = "") -> None:
+    """Store a changed record in its row (inside ``update``'s transaction), marked as ``token``'s."""
+    columns = _columns(record)
+    columns["data"][WRITE_KEY] = token
+    rows().filter(pk=record["key"]).update(**columns)
 
 
 def delete(key: str) -> Record | None:

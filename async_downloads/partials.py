@@ -35,8 +35,8 @@ from .records import Record
 
 __all__ = [
     "CENTRE", "INDICATOR", "MESSAGE", "REFRESH", "ROW", "STATUS", "TRANSPORTS",
-    "centre_context", "events_url", "language_of", "localized", "localized_text", "render_message", "render_notice", "render_refresh",
-    "render_row", "transport", "version",
+    "centre_context", "events_url", "language_of", "localized", "localized_text", "render_message", "render_notice",
+    "render_refresh", "render_row", "transport", "version",
 ]
 
 CENTRE: Final = "async_downloads/download_centre.html"

@@ -9,13 +9,14 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
+from django.contrib.auth import get_user_model
 from django.http import HttpRequest
 from django_eventstream import send_event
 from django_eventstream.channelmanager import DefaultChannelManager
 from django_eventstream.event import Event
 from django_eventstream.utils import get_storage
 
-from . import compat, grip
+from . import compat, grip, partials
 from .channels import EVENT, channel_for, channel_prefix
 from .conf import settings
 
@@ -87,6 +88,38 @@ class EventStorage(compat.SharedClientRedisStorage):
     seconds (default 15 minutes) is enough for that and keeps Redis small.
     """
 
+    def get_events(self, channel: str, last_id: int, limit: int = 100) -> list[Event]:
+        """The events after ``last_id``; where some of them are gone, the user's whole centre as of now.
+
+        Events are gone when they outlived ``ASYNC_DOWNLOADS_EVENT_TTL``, or when Redis lost
+        its data (restarted empty, flushed): the channel's counter then starts again, below
+        the id the page holds, and upstream would replay nothing until it caught up. Either
+        way, replaying what is left would leave the page wrong; one message with the whole
+        list, carrying the current id, puts it right.
+        """
+        current = int(self.get_current_id(channel))
+        events: list[Event] = super().get_events(channel, last_id, limit)
+        wanted = min(current, last_id + limit) - last_id
+        if last_id <= current and len(events) >= wanted:
+            return events
+        pk = _user_of(channel)
+        if pk is None:
+            return events
+        return [Event(channel, EVENT, one_line(partials.render_message(pk)), id=current)]
+
     def append_event(self, channel: str, event_type: str, data: Any) -> Event:
         ttl = int(settings.EVENT_TTL)
         return self.store_event(channel, event_type, data, ttl=ttl, counter_ttl=max(ttl, COUNTER_TTL))
+
+
+def _user_of(channel: str) -> Any:
+    """The primary key whose channel ``channel`` is, or None for any other channel."""
+    prefix = channel_prefix()
+    if not channel.startswith(prefix) or "-" not in channel[len(prefix):]:
+        return None
+    text = channel[len(prefix):].rsplit("-", 1)[0]
+    try:
+        pk = get_user_model()._meta.pk.to_python(text)
+    except Exception:
+        return None
+    return pk if channel_for(pk) == channel else None

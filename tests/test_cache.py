@@ -58,7 +58,7 @@ def writes(key, monkeypatch, record_store):
     real_write = module.write
 
     def counting_write(*args):
-        written.append(args[-1]["percentage"])
+        written.append(next(arg for arg in args if isinstance(arg, dict))["percentage"])
         real_write(*args)
 
     monkeypatch.setattr(module, "write", counting_write)
