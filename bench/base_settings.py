@@ -60,6 +60,16 @@ TEMPLATES = [{
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.path.join(WORK_DIR, "db.sqlite3")}}
+# The database store (bench/stores.py): ADBENCH_POSTGRES_URL adds a "postgres" alias (the bench's
+# own database on that server); ADBENCH_STORE=database keeps the records on ADBENCH_STORE_DATABASE.
+if os.environ.get("ADBENCH_POSTGRES_URL"):
+    from devtools import postgres_server
+
+    DATABASES["postgres"] = {"ENGINE": "django.db.backends.postgresql",
+                             **postgres_server.parts(os.environ["ADBENCH_POSTGRES_URL"])}
+if os.environ.get("ADBENCH_STORE") == "database":
+    ASYNC_DOWNLOADS_STORE = "database"
+    ASYNC_DOWNLOADS_DATABASE = os.environ.get("ADBENCH_STORE_DATABASE", "default")
 STORAGES = {"default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
                         "OPTIONS": {"location": os.path.join(WORK_DIR, "media")}}}
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,

@@ -514,6 +514,20 @@ def bench_load(opts):
     return load.section()
 
 
+@section("stores", "Record stores: one progress write, a list of 50, the centre (Redis, PostgreSQL, SQLite)")
+def bench_stores(opts):
+    from bench import stores
+
+    return stores.section()
+
+
+@section("stores_load", "Under load on each store: the load scenario on the cache and on PostgreSQL")
+def bench_stores_load(opts):
+    from bench import stores
+
+    return stores.load_section()
+
+
 # --------------------------------------------------------------------------- report
 
 
