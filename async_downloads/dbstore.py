@@ -26,14 +26,16 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connections, transaction
 from django.db.models import F, QuerySet
 
 from . import records
 from .conf import settings
-from .models import Download, DownloadOwner
+
+if TYPE_CHECKING:
+    from .models import Download
 from .records import Record
 
 logger = logging.getLogger(__name__)
@@ -49,8 +51,15 @@ def alias() -> str:
     return str(settings.DATABASE)
 
 
+def _model() -> type[Download]:
+    # Imported when used: this module is imported (through the store) before apps are ready.
+    from .models import Download
+
+    return Download
+
+
 def rows() -> QuerySet[Download]:
-    return Download.objects.using(alias())
+    return _model().objects.using(alias())
 
 
 def _now() -> datetime:
@@ -153,7 +162,7 @@ def live_keys(keys: list[str]) -> set[str]:
 def _insert(record: Record) -> None:
     try:
         with transaction.atomic(using=alias()):
-            Download(pk=record["key"], **_columns(record)).save(using=alias(), force_insert=True)
+            _model()(pk=record["key"], **_columns(record)).save(using=alias(), force_insert=True)
     except IntegrityError:
         # Keys are new UUIDs: a row with this one is this call's own, committed by an attempt
         # whose answer was lost.
@@ -178,13 +187,15 @@ def create_unless(record: Record, refuse: Callable[[list[Record]], T | None]) ->
             refused = refuse(current)
             if refused is not None:
                 return refused
-            Download(pk=record["key"], **_columns(record)).save(using=alias(), force_insert=True)
+            _model()(pk=record["key"], **_columns(record)).save(using=alias(), force_insert=True)
         return None
 
     return _patiently(call)
 
 
 def _lock_owner(user_id: Any) -> None:
+    from .models import DownloadOwner
+
     owners = DownloadOwner.objects.using(alias())
     # Written first (see the module's doc): the write is the lock.
     if not owners.filter(pk=user_id).update(starts=F("starts") + 1):
@@ -282,7 +293,7 @@ def copy_in(found: list[Record]) -> tuple[int, int]:
         with transaction.atomic(using=alias()):
             row = rows().select_for_update().filter(pk=record["key"]).first()
             if row is None:
-                Download(pk=record["key"], **_columns(record)).save(using=alias(), force_insert=True)
+                _model()(pk=record["key"], **_columns(record)).save(using=alias(), force_insert=True)
                 created += 1
             elif float(row.data.get("updated", 0)) < record["updated"]:
                 write(record)
