@@ -4,10 +4,11 @@ The same calls as the cache store (``async_downloads.store`` routes to one or th
 on the ``Download`` model, on the database alias ``ASYNC_DOWNLOADS_DATABASE``. The
 database does what the cache store's locks do:
 
-- a change is one transaction that begins by writing the row (a no-op ``UPDATE``), which
-  locks it until the commit: on PostgreSQL (and MySQL) that row, on SQLite the database.
-  Reading first and writing after would let two SQLite transactions deadlock, and two
-  PostgreSQL ones lose an update. ``then`` runs before the commit, so one download's
+- a change is one transaction that locks the row before reading it, until the commit: with
+  ``SELECT … FOR UPDATE`` where the database has it (PostgreSQL, MySQL), and on SQLite by
+  writing first (a no-op ``UPDATE``), which takes the database's write lock. Reading first
+  and writing after would let two PostgreSQL transactions lose an update, and two SQLite
+  ones deadlock. ``then`` runs before the commit, so one download's
   changes are published in the order they were made;
 - starting a download under a cap or a dedupe (``create_unless``) locks the user's row
   in ``DownloadOwner`` first, so concurrent starts of one user see each other;
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from django.apps import apps
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connections, transaction
 from django.db.models import F, QuerySet
 
@@ -51,15 +53,14 @@ def alias() -> str:
     return str(settings.DATABASE)
 
 
-def _model() -> type[Download]:
-    # Imported when used: this module is imported (through the store) before apps are ready.
-    from .models import Download
-
-    return Download
+def _model(name: str = "Download") -> Any:
+    # Looked up when used: this module is imported (through the store) before apps are ready.
+    return apps.get_model("async_downloads", name)
 
 
 def rows() -> QuerySet[Download]:
-    return _model().objects.using(alias())
+    queryset: QuerySet[Download] = _model().objects.using(alias())
+    return queryset
 
 
 def _now() -> datetime:
@@ -194,12 +195,11 @@ def create_unless(record: Record, refuse: Callable[[list[Record]], T | None]) ->
 
 
 def _lock_owner(user_id: Any) -> None:
-    from .models import DownloadOwner
-
-    owners = DownloadOwner.objects.using(alias())
+    owner = _model("DownloadOwner")
+    owners = owner.objects.using(alias())
     # Written first (see the module's doc): the write is the lock.
     if not owners.filter(pk=user_id).update(starts=F("starts") + 1):
-        owners.bulk_create([DownloadOwner(pk=user_id)], ignore_conflicts=True)
+        owners.bulk_create([owner(pk=user_id)], ignore_conflicts=True)
         owners.filter(pk=user_id).update(starts=F("starts") + 1)
 
 
@@ -212,10 +212,15 @@ def update(
     def call() -> Record | None:
         with transaction.atomic(using=alias()):
             live = _live().filter(pk=key)
-            # The no-op write that locks the row (or, on SQLite, the database) first.
-            if not live.update(percentage=F("percentage")):
-                return None
-            row = live.get()
+            if connections[alias()].features.has_select_for_update:
+                row = live.select_for_update().first()  # read with the row's lock (PostgreSQL, MySQL)
+                if row is None:
+                    return None
+            else:
+                # SQLite: the no-op write that locks the database first, then the read.
+                if not live.update(percentage=F("percentage")):
+                    return None
+                row = live.get()
             record = to_record(row)
             if row.data.get(WRITE_KEY) == token:
                 return record  # this call's change, committed by an attempt whose answer was lost

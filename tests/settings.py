@@ -92,7 +92,11 @@ DATABASES: dict[str, dict[str, Any]] = {
 # else a private one on a free port; without either, those tests are skipped, saying why.
 from devtools import postgres_server  # noqa: E402
 
-POSTGRES_URL = postgres_server.ensure()
+if os.environ.get("ASYNC_DOWNLOADS_TEST_CHILD"):
+    # A process started by a test takes what the test run found (no second check: it costs a second).
+    POSTGRES_URL = None if os.environ.get("POSTGRES_URL_MISSING") else os.environ.get("POSTGRES_URL")
+else:
+    POSTGRES_URL = postgres_server.ensure()
 if POSTGRES_URL:
     DATABASES["postgres"] = {
         "ENGINE": "django.db.backends.postgresql",
