@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from async_downloads import cache, checks, dbstore, store
+from async_downloads import cache, checks, dbstore, events, store
 from async_downloads.models import Download
 from async_downloads.shortcuts import start_download
 from tests import stores
@@ -252,3 +252,49 @@ class TestCopyFromTheCache:
     def test_an_unknown_user_is_a_clear_error(self):
         with pytest.raises(CommandError, match="No such user"):
             self.copy("--user", "987654")
+
+
+def together(*actions):
+    """Run ``actions`` in threads of their own, released at the same moment."""
+    barrier = threading.Barrier(len(actions))
+
+    def act(action):
+        barrier.wait()
+        try:
+            action()
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=act, args=(action,)) for action in actions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+@threaded
+@pytest.mark.stores("cache", "sqlite", "postgres")
+def test_a_cancel_racing_the_completion_ends_in_one_state(alice, media):
+    """Twenty times: a cancel and the task's save at the same moment; one wins, and the file agrees."""
+    finishes = []
+
+    def receiver(record, kind, **kwargs):
+        finishes.append((record["key"], kind))
+
+    events.download_finished.connect(receiver)
+    try:
+        for round_ in range(20):
+            _, key = cache.init_download(alice, f"{round_}.csv")
+            cache.set_percentage(key, 50)
+            together(
+                lambda key=key: cache.cancel_download(key),
+                lambda key=key, n=round_: cache.save_download(key, [["x"], [n]]),
+            )
+            record = cache.get_download(key)
+            assert record["state"] in ("complete", "cancelled")
+            has_file = (media / "downloads" / key / f"{round_}.csv").exists()
+            assert has_file == (record["state"] == "complete"), (round_, record["state"])
+            kinds = [kind for finished, kind in finishes if finished == key]
+            assert kinds == [events.COMPLETED if record["state"] == "complete" else events.CANCELLED]
+    finally:
+        events.download_finished.disconnect(receiver)
