@@ -181,11 +181,12 @@ class TestWithAWorker:
         task_id = cache.get_download(key)["task_id"]
         assert cache.cancel_download(key, user=alice)
         # Now let the worker read the queue the task waits in: it drops the task.
-        app.control.add_consumer(settings.ELSEWHERE_QUEUE, reply=True, timeout=10)
+        # limit=1: done at the first worker's answer (without it, the call waits out its timeout).
+        app.control.add_consumer(settings.ELSEWHERE_QUEUE, reply=True, timeout=10, limit=1)
         try:
             assert wait_until(lambda: queued_elsewhere.AsyncResult(task_id).state == "REVOKED", timeout=30)
         finally:
-            app.control.cancel_consumer(settings.ELSEWHERE_QUEUE, reply=True, timeout=10)
+            app.control.cancel_consumer(settings.ELSEWHERE_QUEUE, reply=True, timeout=10, limit=1)
         assert cache.get_download(key)["state"] == "cancelled"
         assert not (storage_root(settings) / "downloads" / key).exists()
 
