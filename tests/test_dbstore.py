@@ -6,7 +6,6 @@ here is what that suite cannot see.
 
 import datetime
 import io
-import threading
 import uuid
 
 import pytest
@@ -21,6 +20,7 @@ from async_downloads.models import Download
 from async_downloads.shortcuts import start_download
 from tests import stores
 from tests.test_limits import CountedTask
+from tests.threads import together
 
 pytestmark = [
     pytest.mark.django_db(databases=stores.DATABASES),
@@ -98,28 +98,14 @@ def test_concurrent_changes_of_one_row_lose_none(alice):
     """Each change is read and written under the row's lock: 8 threads x 25 increments."""
     _, key = cache.init_download(alice, "a.csv")
     store.update(key, lambda record: record.update(rows_done=0))
-    barrier = threading.Barrier(8)
-    failures = []
-
     def increment(record):
         record["rows_done"] += 1
 
     def run():
-        barrier.wait()
-        try:
-            for _ in range(25):
-                store.update(key, increment)
-        except Exception as error:  # reported below: a thread's exception is otherwise lost
-            failures.append(error)
-        finally:
-            connections.close_all()
+        for _ in range(25):
+            store.update(key, increment)
 
-    threads = [threading.Thread(target=run) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
+    together(*[run] * 8)
     assert cache.get_download(key)["rows_done"] == 200
 
 
@@ -252,24 +238,6 @@ class TestCopyFromTheCache:
     def test_an_unknown_user_is_a_clear_error(self):
         with pytest.raises(CommandError, match="No such user"):
             self.copy("--user", "987654")
-
-
-def together(*actions):
-    """Run ``actions`` in threads of their own, released at the same moment."""
-    barrier = threading.Barrier(len(actions))
-
-    def act(action):
-        barrier.wait()
-        try:
-            action()
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=act, args=(action,)) for action in actions]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
 
 
 @threaded

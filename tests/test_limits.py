@@ -3,12 +3,12 @@
 import threading
 
 import pytest
-from django.db import connections
 from django.urls import reverse
 
 from async_downloads import cache
 from async_downloads.shortcuts import start_download
 from tests import stores
+from tests.threads import together
 
 pytestmark = [pytest.mark.django_db(databases=stores.DATABASES), pytest.mark.usefixtures("record_store")]
 # Threads have connections of their own: they see only committed rows.
@@ -87,25 +87,15 @@ class TestMaxInProgress:
     @threaded
     def test_holds_under_concurrent_starts(self, settings, alice, task):
         settings.ASYNC_DOWNLOADS_MAX_IN_PROGRESS = 3
-        barrier = threading.Barrier(8)
-        outcomes = []
 
         def run(number):
-            barrier.wait()
             try:
                 cache.init_download(alice.pk, f"export-{number}.csv")
             except cache.TooManyDownloads:
-                outcomes.append("refused")
-            else:
-                outcomes.append("created")
-            finally:
-                connections.close_all()
+                return "refused"
+            return "created"
 
-        threads = [threading.Thread(target=run, args=(number,)) for number in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        outcomes = together(*[lambda number=number: run(number) for number in range(8)])
         assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
         assert len(cache.get_downloads(alice)) == 3
 
@@ -187,21 +177,7 @@ class TestDedupe:
 
     @threaded
     def test_concurrent_identical_starts_give_one_task(self, alice, task):
-        barrier = threading.Barrier(8)
-        keys = []
-
-        def run():
-            barrier.wait()
-            try:
-                keys.append(start(alice.pk, task, 5))
-            finally:
-                connections.close_all()
-
-        threads = [threading.Thread(target=run) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        keys = together(*[lambda: start(alice.pk, task, 5)] * 8)
         assert len(set(keys)) == 1
         assert len(task.calls) == 1
 

@@ -13,20 +13,19 @@ import logging
 import mailbox
 import subprocess
 import sys
-import threading
 import time
 import uuid
 
 import pytest
 from django.conf import settings as django_settings
 from django.core.management import call_command
-from django.db import connections
 from django.utils import translation
 
 from async_downloads import cache, checks, events, notify, records, store
 from tests import stores
 from tests.processes import child_env, free_port, start_worker, stop, wait_for_port
 from tests.testapp.tasks import ping, raising_export, report_progress
+from tests.threads import together
 from tests.waits import wait_until
 
 pytestmark = pytest.mark.django_db(databases=stores.DATABASES)
@@ -245,21 +244,7 @@ def test_concurrent_notices_of_one_download_send_one_mail(record_store, mail, ow
     cache.save_download(key, [["n"]])
     settings.ASYNC_DOWNLOADS_EMAIL_AFTER = 0.5
     record = cache.get_download(key)
-    barrier = threading.Barrier(8)
-    sent = []
-
-    def race():
-        try:
-            barrier.wait(10)
-            sent.append(notify.notify(record))
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=race) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    sent = together(*[lambda: notify.notify(record)] * 8)
     assert sorted(sent) == [False] * 7 + [True]
     assert len(mail.to(owner.email)) == 1
 
