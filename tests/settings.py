@@ -156,9 +156,9 @@ for _name, _value in list(os.environ.items()):
 # Processes started with ASYNC_DOWNLOADS_TEST_SMTP=<host>:<port> send mail to that SMTP server
 # (tests/test_notify.py runs one).
 if os.environ.get("ASYNC_DOWNLOADS_TEST_SMTP"):
-    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    EMAIL_HOST, _port = os.environ["ASYNC_DOWNLOADS_TEST_SMTP"].rsplit(":", 1)
-    EMAIL_PORT = int(_port)
+    from tests.smtp import smtp_settings
+
+    globals().update(smtp_settings(*os.environ["ASYNC_DOWNLOADS_TEST_SMTP"].rsplit(":", 1)))
 # Pub/sub ignores the db number: the channel prefix keeps this run's events apart.
 ASYNC_DOWNLOADS_WS_CHANNEL_NAME = f"adtest-{RUN_ID}"
 

@@ -23,3 +23,4 @@ def env():
     if getattr(settings, "ASYNC_DOWNLOADS_STORE", "cache") == "database":
         return {"ASYNC_DOWNLOADS_TEST_STORE": settings.ASYNC_DOWNLOADS_DATABASE}
     return {}
+

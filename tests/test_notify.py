@@ -22,7 +22,7 @@ from django.core.management import call_command
 from django.utils import translation
 
 from async_downloads import cache, checks, events, notify, records, store
-from tests import stores
+from tests import smtp, stores
 from tests.processes import child_env, free_port, start_worker, stop, wait_for_port
 from tests.testapp.tasks import ping, raising_export, report_progress
 from tests.threads import together
@@ -68,9 +68,8 @@ def smtp_server(tmp_path_factory):
 @pytest.fixture
 def mail(settings, smtp_server):
     """Notices on, after half a second, sent through the SMTP server; its inbox."""
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST = "127.0.0.1"
-    settings.EMAIL_PORT = smtp_server.port
+    for name, value in smtp.smtp_settings("127.0.0.1", smtp_server.port).items():
+        setattr(settings, name, value)
     settings.ASYNC_DOWNLOADS_EMAIL_AFTER = 0.5
     settings.ASYNC_DOWNLOADS_BASE_URL = BASE_URL
     return smtp_server
@@ -228,7 +227,8 @@ def test_a_user_without_an_address_gets_nothing_and_it_is_logged(mail, alice, me
 
 
 def test_an_smtp_server_that_is_down_is_logged_and_the_download_completes(mail, owner, media, settings, caplog):
-    settings.EMAIL_PORT = free_port()  # nothing listens there
+    for name, value in smtp.smtp_settings("127.0.0.1", free_port()).items():  # nothing listens there
+        setattr(settings, name, value)
     key = started(owner)
     cache.save_download(key, [["n"]])
     assert cache.get_download(key)["state"] == records.COMPLETE
