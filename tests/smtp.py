@@ -1,7 +1,9 @@
 """Mail settings for the tests that send to a real SMTP server (no Django import: tests/settings.py uses it)."""
 
+from typing import Any
 
-def smtp_settings(host, port):
+
+def smtp_settings(host: str, port: int | str) -> dict[str, Any]:
     """Settings that send mail to the SMTP server at ``host:port``: ``MAILERS`` from Django 6.1,
     which deprecates the ``EMAIL_*`` settings, and those before."""
     import django
