@@ -20,7 +20,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from devtools.redis_server import free_port
+from devtools.redis_server import free_port, stop_process
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 INSTALL_HINT = (
@@ -111,14 +111,7 @@ def ensure(env_var: str = "POSTGRES_URL") -> str | None:
     except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
         os.environ[env_var + "_MISSING"] = str(error)
         return None
-    atexit.register(_stop, process)
+    atexit.register(stop_process, process, 10)
     os.environ[env_var] = url
     return url
 
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()

@@ -82,15 +82,16 @@ def ensure(env_var: str = "REDIS_URL") -> str:
         os.environ[env_var] = url
         return url
     url, process = start_private_server()
-    atexit.register(_stop, process)
+    atexit.register(stop_process, process)
     os.environ[env_var] = url
     return url
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[bytes], wait: float = 5) -> None:
+    """Terminate a server started here, and kill it if it has not stopped within ``wait`` seconds."""
     process.terminate()
     try:
-        process.wait(5)
+        process.wait(wait)
     except subprocess.TimeoutExpired:
         process.kill()
 
