@@ -8,7 +8,9 @@ transport works again, since the record in the cache stays the truth.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import threading
 import time
 from typing import Any, Final
@@ -22,7 +24,7 @@ from .records import CLEARED, COMPLETED, CREATED, FAILED, KINDS, UPDATED, Record
 
 __all__ = [
     "CANCELLED", "CLEARED", "COMPLETED", "CREATED", "FAILED", "FINISH_KINDS", "KINDS", "UPDATED",
-    "download_changed", "download_changed_signal", "download_finished", "publish",
+    "catch_up", "download_changed", "download_changed_signal", "download_finished", "publish",
 ]
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,8 @@ download_finished = Signal()
 FINISH_KINDS: Final = frozenset({COMPLETED, FAILED, CANCELLED})
 
 RESYNC_INTERVAL: Final = 1.0
+#: Seconds after a GRIP proxy was told to hold a stream until its channel is checked (``catch_up``).
+CATCH_UP_DELAY: Final = 1.0
 #: The transports that push, by name (the polling transport has none).
 PUSHERS: Final = {"sse": sse, "ws": ws}
 
@@ -108,6 +112,10 @@ class _Resync:
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
 
+    def reset(self) -> None:
+        """In a forked child: the parent's thread is not there; the parent resends to its users itself."""
+        self.pending, self.lock, self.thread = set(), threading.Lock(), None
+
     def add(self, pk: Any) -> None:
         with self.lock:
             self.pending.add(pk)
@@ -132,3 +140,79 @@ class _Resync:
 
 
 _resync = _Resync()
+
+
+def catch_up(pk: Any, channel: str, last_id: Any) -> None:
+    """Send user ``pk``'s centre again in a second, should ``channel`` have moved past ``last_id`` by then.
+
+    A GRIP proxy subscribes a stream to its channel once it has Django's answer,
+    which carries the events up to ``last_id``; an event published in between
+    reaches no stream. One look at the channel's id a second later (a Redis read)
+    finds it, and the whole centre goes out, under the user's publish lock, to
+    every page of the user (an extra message to those that had it). Checks due
+    when the process exits are made then.
+    """
+    _catch_ups.add(pk, channel, last_id)
+
+
+class _CatchUps:
+    """The channels to look at again, in the order they are due; one daemon thread looks."""
+
+    def __init__(self) -> None:
+        self.due: dict[Any, tuple[float, str, Any]] = {}
+        self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)
+        self.thread: threading.Thread | None = None
+
+    def reset(self) -> None:
+        """In a forked child: the parent's thread is not there, nor are its streams."""
+        self.due, self.lock = {}, threading.Lock()
+        self.wake, self.thread = threading.Condition(self.lock), None
+
+    def add(self, pk: Any, channel: str, last_id: Any) -> None:
+        if last_id is None:
+            return  # no event storage: nothing to compare
+        with self.lock:
+            # A user's earliest pending check covers the later ones (it looks from the lowest id).
+            if pk not in self.due:
+                self.due[pk] = (time.monotonic() + CATCH_UP_DELAY, channel, last_id)
+            self.wake.notify()
+            if self.thread is None:
+                self.thread = threading.Thread(target=self.run, name="async-downloads-catch-up", daemon=True)
+                self.thread.start()
+
+    def run(self) -> None:
+        while True:
+            with self.lock:
+                if not self.due:
+                    self.thread = None
+                    return
+                # Each is due CATCH_UP_DELAY after it was added: the first added is the first due.
+                pk, (when, channel, last_id) = next(iter(self.due.items()))
+                wait = when - time.monotonic()
+                if wait > 0:
+                    self.wake.wait(wait)
+                    continue
+                del self.due[pk]
+            self.check(pk, channel, last_id)
+
+    def check(self, pk: Any, channel: str, last_id: Any) -> None:
+        try:
+            if pk not in _resync.pending and sse.changed_since(channel, last_id):
+                publish(pk)
+        except Exception:
+            logger.warning("Sending the centre again to user %s failed; will resend.", pk, exc_info=True)
+            _resync.add(pk)
+
+    def flush(self) -> None:
+        """Make every pending check now (the process is exiting)."""
+        with self.lock:
+            pending, self.due = self.due, {}
+        for pk, (_, channel, last_id) in pending.items():
+            self.check(pk, channel, last_id)
+
+
+_catch_ups = _CatchUps()
+atexit.register(_catch_ups.flush)
+os.register_at_fork(after_in_child=_catch_ups.reset)
+os.register_at_fork(after_in_child=_resync.reset)

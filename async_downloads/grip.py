@@ -1,10 +1,18 @@
 """GRIP mode of the SSE transport: streams held by a GRIP proxy (Pushpin) instead of Django.
 
 Django answers each stream request that comes through the proxy at once, with
-GRIP instructions (django-eventstream writes them), so sync WSGI workers can serve
-streams and web processes can restart under open ones. Events are published to
-every configured proxy's control port, synchronously with a short timeout, from
-whichever process changed the download.
+GRIP instructions (``hold``), so sync WSGI workers can serve streams and web
+processes can restart under open ones. Events are published to every configured
+proxy's control port, synchronously with a short timeout, from whichever process
+changed the download, each with its own event id.
+
+Streams are held without a next link and without ``prev-id``: Pushpin would fetch
+a next link about a second after each new channel's first stream, and it sends
+those requests at most 10 a second (hard-coded), holding each stream's deliveries
+until its turn, so streams opened by the thousand would wait minutes for their
+events. The app keeps one download's events in order itself (they are published
+under its locks, synchronously), and ``events.catch_up`` sends the centre again
+where an event came while the proxy was subscribing.
 
 GRIP mode is on when ``ASYNC_DOWNLOADS_GRIP`` is True, or, where it is None (the
 default), when django-grip's ``GRIP_PROXIES`` or ``GRIP_URL`` is set.
@@ -22,9 +30,10 @@ from urllib.parse import quote
 
 import jwt
 from django.conf import settings as django_settings
+from django.http import HttpRequest, HttpResponse
 from django_eventstream.event import Event
-from django_eventstream.utils import sse_encode_event
-from gripcontrol import parse_grip_uri
+from django_eventstream.utils import add_default_headers, make_id, sse_encode_event
+from gripcontrol import Channel, parse_grip_uri
 
 from .conf import settings
 
@@ -34,6 +43,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_KEYS: Final = frozenset({"changeme"})
 #: django-eventstream's issuer of the signed ``es-meta`` it puts into its next links.
 ES_META_ISSUER: Final = "es"
+#: What the proxy sends on an idle stream, and how often (seconds).
+KEEP_ALIVE: Final = ("event: keep-alive\ndata:\n\n", 20)
+#: The opening of a held stream, as django-eventstream's: 2 KB of padding (for
+#: browsers and proxies that buffer a response's first bytes), then ``stream-open``.
+OPENING: Final = ":" + " " * 2048 + "\n\nevent: stream-open\ndata:\n\n"
 
 
 class PublishError(RuntimeError):
@@ -75,6 +89,29 @@ def grip_channel(channel: str) -> str:
     return str(getattr(django_settings, "GRIP_PREFIX", "")) + "events-" + quote(channel)
 
 
+def encode(channel: str, event: Event) -> str:
+    """``event`` of ``channel`` as SSE, with the id a page sends back as ``Last-Event-ID``."""
+    event_id = make_id({channel: event.id}) if event.id is not None else None
+    text: str = sse_encode_event(event.type, event.data, event_id=event_id)
+    return text
+
+
+def hold(request: HttpRequest, channel: str, events: list[Event]) -> HttpResponse:
+    """The answer to a stream request through the proxy: ``events`` now, then hold on ``channel``.
+
+    No next link and no ``prev-id`` (see the module's docstring): the proxy never
+    asks Django again about this stream, and delivers each publish as it comes.
+    """
+    instruct = request.grip.start_instruct()  # type: ignore[attr-defined]  # set by django_grip.GripMiddleware
+    instruct.set_hold_stream()
+    instruct.add_channel(Channel("events-" + quote(channel)))  # the middleware adds GRIP_PREFIX
+    instruct.set_keep_alive(*KEEP_ALIVE)
+    response = HttpResponse(OPENING + "".join(encode(channel, event) for event in events),
+                            content_type="text/event-stream")
+    add_default_headers(response, request=request)
+    return response
+
+
 def publish(channel: str, event: Event) -> None:
     """Publish stored ``event`` of ``channel`` to every configured proxy.
 
@@ -83,14 +120,7 @@ def publish(channel: str, event: Event) -> None:
     the event from the others. Raises ``PublishError`` naming the proxies that
     failed, after trying them all.
     """
-    item: dict[str, Any] = {"channel": grip_channel(channel)}
-    if event.id is not None:
-        # Pushpin writes the stream's own event id ("%I") and notices gaps from prev-id.
-        content = sse_encode_event(event.type, event.data, event_id="%I", escape=True)
-        item.update({"id": str(event.id), "prev-id": str(int(event.id) - 1)})
-        item["formats"] = {"http-stream": {"content": content, "content-filters": ["build-id"]}}
-    else:
-        item["formats"] = {"http-stream": {"content": sse_encode_event(event.type, event.data)}}
+    item = {"channel": grip_channel(channel), "formats": {"http-stream": {"content": encode(channel, event)}}}
     body = json.dumps({"items": [item]}).encode()
     failed = []
     for entry in proxies():
@@ -128,11 +158,12 @@ def _post(url: str, body: bytes, auth: str | None) -> None:
 def es_meta_user(token: str) -> str | None:
     """The user named by a signed ``es-meta`` of django-eventstream's next links, or None if it is not ours.
 
-    The signature (``SECRET_KEY``, HS256) and the issuer are checked; the expiry
+    The app's own answers give no next link; streams held by earlier answers
+    (django-eventstream's) still have one, which the proxy follows. The
+    signature (``SECRET_KEY``, HS256) and the issuer are checked; the expiry
     is not: the proxy asks for a next link long after it was given (a stream
-    open for more than an hour, a recovery after a gap), and the request that
-    carries it is trusted for its ``Grip-Sig`` (``request.grip.signed``), which
-    the caller checks. Each answer gives the proxy a fresh one.
+    open for more than an hour), and the request that carries it is trusted for
+    its ``Grip-Sig`` (``request.grip.signed``), which the caller checks.
     """
     try:
         claim = jwt.decode(

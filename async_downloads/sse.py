@@ -45,6 +45,21 @@ def _stored(channel: str, data: str) -> Event:
     return storage.append_event(channel, EVENT, data) if storage is not None else Event(channel, EVENT, data)
 
 
+def centre_event(pk: Any, channel: str) -> Event:
+    """User ``pk``'s whole centre as of now, as one event carrying ``channel``'s current id."""
+    storage = get_storage()
+    current = int(storage.get_current_id(channel)) if storage is not None else None
+    return Event(channel, EVENT, one_line(partials.render_message(pk)), id=current)
+
+
+def changed_since(channel: str, last_id: Any) -> bool:
+    """Whether ``channel`` got events after id ``last_id`` (False without an event storage or id)."""
+    storage = get_storage()
+    if storage is None or last_id is None:
+        return False
+    return int(storage.get_current_id(channel)) != int(last_id)
+
+
 def one_line(html: str) -> str:
     """``html`` on one line, its markup's whitespace collapsed (see ``WHITESPACE``)."""
     return WHITESPACE.sub(" ", html).strip(" ")
@@ -105,7 +120,7 @@ class EventStorage(compat.SharedClientRedisStorage):
         pk = _user_of(channel)
         if pk is None:
             return events
-        return [Event(channel, EVENT, one_line(partials.render_message(pk)), id=current)]
+        return [centre_event(pk, channel)]
 
     def append_event(self, channel: str, event_type: str, data: Any) -> Event:
         ttl = int(settings.EVENT_TTL)

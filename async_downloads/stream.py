@@ -26,9 +26,13 @@ from django.http import (
     HttpResponseNotAllowed,
 )
 from django.utils.translation import gettext as _
+from django_eventstream import eventstream
+from django_eventstream.eventrequest import EventRequest
 from django_eventstream.views import events as eventstream_events
 
-from . import cache, compat, grip, store
+from . import cache, compat, grip, sse, store
+from . import events as publishing
+from .channels import channel_for
 from .watch import resync_open_pages, while_open
 
 logger = logging.getLogger(__name__)
@@ -104,9 +108,28 @@ async def _through_proxy(request: HttpRequest) -> HttpResponseBase:
         return HttpResponseBadRequest(problem)
     request.user = user
     await _in_a_context_of_its_own(cache.fail_stalled, user)
-    compat.resume_after_read()
-    response: HttpResponseBase = await sync_to_async(eventstream_events)(request, async_downloads=True)
+    response: HttpResponseBase = await sync_to_async(_held)(request, user)
     return response
+
+
+def _held(request: HttpRequest, user: Any) -> HttpResponseBase:
+    """The proxy's instructions: the events since the request's id (the whole centre where
+    they are too many or gone), then hold the stream on the user's channel."""
+    try:
+        event_request = EventRequest(request, view_kwargs={"async_downloads": True})
+        reply = eventstream.get_events(event_request)
+    except (EventRequest.Error, eventstream.EventPermissionError):
+        response: HttpResponseBase = eventstream_events(request, async_downloads=True)  # upstream's answer
+        return response
+    channel = channel_for(user.pk)
+    found = reply.channel_items.get(channel, [])
+    last_id = reply.channel_last_ids.get(channel)
+    if channel in reply.channel_more or channel in reply.channel_reset:
+        found = [sse.centre_event(user.pk, channel)]
+    if found:
+        last_id = found[-1].id
+    publishing.catch_up(user.pk, channel, last_id)
+    return grip.hold(request, channel, found)
 
 
 async def _active_user(pk: str) -> Any:

@@ -5,7 +5,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from async_downloads import dbstore, store
+from async_downloads import dbstore, events, store
 from tests import stores
 from tests.processes import child_env, start_worker, stop
 
@@ -79,6 +79,11 @@ def _fresh_cache(redis_client):
     cleanup for a Redis that lost its data, and tell their open pages so.
     """
     yield
+    # A test's resends and catch-ups are its own (user pks repeat across tests).
+    with events._resync.lock:
+        events._resync.pending.clear()
+    with events._catch_ups.lock:
+        events._catch_ups.due.clear()
     kept = (b"celery", b"kombu", b"async_downloads:epoch")
     keys = [k for k in _prefixed_keys(redis_client) if not any(part in k for part in kept)]
     if keys:

@@ -1,5 +1,6 @@
-"""GRIP mode of the SSE transport, in process: the stream view's answers, the signed next links,
-publishing to the proxies' control ports (real HTTP servers), the channel manager as a gate, the checks.
+"""GRIP mode of the SSE transport, in process: the stream view's answers, the signed next links of
+earlier answers, publishing to the proxies' control ports (real HTTP servers), the look at a channel
+a second after its stream was held, the channel manager as a gate, the checks.
 
 tests/test_pushpin.py runs the same mode behind a real Pushpin with gunicorn's sync workers.
 """
@@ -8,7 +9,6 @@ import http.server
 import json
 import threading
 import time
-from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
@@ -18,8 +18,9 @@ from django.urls import reverse
 from django_eventstream import views as eventstream_views
 from django_grip import GripMiddleware
 
-from async_downloads import cache, channels, checks, grip, sse
+from async_downloads import cache, channels, checks, events, grip, sse
 from async_downloads.channels import channel_for
+from tests.waits import wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -77,10 +78,19 @@ def through_proxy(client, path=EVENTS, sig=None, **headers):
     return client.get(path, HTTP_GRIP_SIG=sig or grip_sig(), **headers)
 
 
-def next_link(response):
-    """The path and query of the response's Grip-Link next link."""
-    link = response["Grip-Link"]
-    return link[link.index("<") + 1: link.index(">")]
+def sse_events(response):
+    """The events of a held stream's answer, as (id, data) pairs."""
+    found = []
+    for block in response.content.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line)
+        if fields.get("event") == "downloads":
+            found.append((fields.get("id"), fields["data"]))
+    return found
+
+
+def published(port):
+    """The SSE content of each item the control port was sent."""
+    return [item["formats"]["http-stream"]["content"] for _, _, body in port.received for item in body["items"]]
 
 
 def es_meta(user, exp_in=3600, key=None, iss="es"):
@@ -95,9 +105,30 @@ class TestStreamRequests:
         response = through_proxy(client_for(alice))
         assert response.status_code == 200
         assert response["Grip-Hold"] == "stream"
-        assert f"events-{channel_for(alice.pk)}" in response["Grip-Channel"]
-        assert "es-meta=" in response["Grip-Link"]
+        assert response["Grip-Channel"] == f"events-{channel_for(alice.pk)}"  # no prev-id: nothing to recover
+        assert "Grip-Link" not in response  # Pushpin never asks again about this stream
         assert b"event: stream-open" in response.content
+
+    def test_a_page_coming_back_gets_what_it_missed_with_ids_to_come_back_with(self, grip_mode, client_for, alice):
+        channel = channel_for(alice.pk)
+        storage = sse.EventStorage()
+        seen = storage.append_event(channel, "downloads", "<p>seen</p>")
+        missed = [storage.append_event(channel, "downloads", f"<p>missed {n}: 50%</p>") for n in (1, 2)]
+        response = through_proxy(client_for(alice), HTTP_LAST_EVENT_ID=f"{channel}:{seen.id}")
+        assert sse_events(response) == [(f"{channel}:{event.id}", event.data) for event in missed]
+        assert "Grip-Link" not in response
+
+    def test_a_page_too_far_behind_gets_its_whole_centre(self, grip_mode, client_for, alice):
+        channel = channel_for(alice.pk)
+        _, key = cache.init_download(alice, "report.csv")
+        storage = sse.EventStorage()
+        first = storage.append_event(channel, "downloads", "<p>old</p>")
+        for n in range(120):  # more than django-eventstream reads at once
+            storage.append_event(channel, "downloads", f"<p>{n}</p>")
+        response = through_proxy(client_for(alice), HTTP_LAST_EVENT_ID=f"{channel}:{first.id - 1}")
+        [(event_id, data)] = sse_events(response)
+        assert event_id == f"{channel}:{storage.get_current_id(channel)}"
+        assert 'id="async-downloads-list"' in data and key in data
 
     def test_a_direct_request_is_refused_at_once(self, grip_mode, client_for, alice):
         response = client_for(alice).get(EVENTS)
@@ -118,15 +149,16 @@ class TestStreamRequests:
 
 
 class TestNextLinks:
-    """The proxy's own requests for the next link: no session, the user in the signed es-meta."""
+    """Next links of streams held by django-eventstream's own answers (as before GRIP mode held them
+    without one), which Pushpin still follows: no session, the user in the signed es-meta."""
 
     def test_the_next_link_serves_the_user_it_names(self, grip_mode, client_for, alice, bob):
-        first = through_proxy(client_for(alice))
-        response = through_proxy(Client(), next_link(first))
+        path = f"{EVENTS}?link=next&recover=true&es-meta={es_meta(alice)}"
+        response = through_proxy(Client(), path)
         assert response.status_code == 200
         assert response["Grip-Hold"] == "stream"
-        assert f"events-{channel_for(alice.pk)}" in response["Grip-Channel"]
-        assert channel_for(bob.pk) not in response["Grip-Channel"]
+        assert response["Grip-Channel"] == f"events-{channel_for(alice.pk)}"
+        assert "Grip-Link" not in response  # from now on the stream is held as any other
 
     def test_a_recovery_replays_what_was_missed_even_after_es_meta_expired(self, grip_mode, client_for, alice, bob):
         channel = channel_for(alice.pk)
@@ -138,11 +170,7 @@ class TestNextLinks:
         path = f"{EVENTS}?link=next&recover=true&es-meta={es_meta(alice, exp_in=-7200)}"
         response = through_proxy(Client(), path, HTTP_GRIP_LAST=f"events-{channel}; last-id={seen.id}")
         assert response.status_code == 200
-        body = response.content.decode()
-        assert "missed one" in body and "missed two" in body
-        assert "seen" not in body and "bob's" not in body
-        fresh = parse_qs(urlsplit(next_link(response)).query)["es-meta"][0]
-        assert jwt.decode(fresh, options={"verify_signature": False})["exp"] > time.time() + 3000
+        assert [data for _, data in sse_events(response)] == ["<p>missed one</p>", "<p>missed two</p>"]
 
     def test_es_meta_of_another_user_than_the_session(self, grip_mode, client_for, alice, bob):
         response = through_proxy(client_for(alice), f"{EVENTS}?es-meta={es_meta(bob)}")
@@ -185,14 +213,16 @@ class TestPublishing:
         items = [item for _, _, body in grip_mode.received for item in body["items"]]
         assert {item["channel"] for item in items} == {f"events-{channel_for(alice.pk)}"}
         last = items[-1]
-        assert int(last["prev-id"]) == int(last["id"]) - 1
+        assert "prev-id" not in last and "id" not in last  # Pushpin holds nothing back for a missing one
         stream = last["formats"]["http-stream"]
-        assert stream["content-filters"] == ["build-id"]
-        assert stream["content"].startswith("event: downloads\nid: %I\ndata: ")
+        assert "content-filters" not in stream
+        channel = channel_for(alice.pk)
+        current = sse.EventStorage().get_current_id(channel)
+        assert stream["content"].startswith(f"event: downloads\nid: {channel}:{current}\ndata: ")
         assert 'aria-valuenow="40"' in stream["content"]
-        # The stored event is the one published ("%" escaped for the id filter): a recovery replays it.
-        stored = sse.EventStorage().get_events(channel_for(alice.pk), int(last["id"]) - 1)[0]
-        assert stored.data.replace("%", "%%") in stream["content"]
+        # The stored event is the one published: a page coming back gets it again.
+        stored = sse.EventStorage().get_events(channel, current - 1)[0]
+        assert f"data: {stored.data}\n" in stream["content"]
 
     def test_the_key_signs_a_jwt_when_the_proxy_has_an_issuer(self, settings, grip_mode, alice):
         settings.GRIP_PROXIES = [{"control_uri": grip_mode.uri, "key": KEY, "control_iss": "site"}]
@@ -242,6 +272,41 @@ class TestPublishing:
         content = resent()
         assert content and 'id="async-downloads-list"' in content, content
         assert 'aria-valuenow="10"' in content, content
+
+
+class TestCatchUp:
+    """What is published while Pushpin subscribes a stream reaches it a second later."""
+
+    @pytest.fixture(autouse=True)
+    def soon(self, monkeypatch):
+        monkeypatch.setattr(events, "CATCH_UP_DELAY", 0.3)
+
+    def test_an_event_published_meanwhile_brings_the_whole_centre(self, grip_mode, client_for, alice):
+        _, key = cache.init_download(alice, "report.csv")
+        through_proxy(client_for(alice))
+        before = len(grip_mode.received)
+        cache.set_percentage(key, 30)  # as if Pushpin had no subscriber yet
+        wait_until(lambda: any('id="async-downloads-list"' in c for c in published(grip_mode)[before:]), timeout=5)
+        [centre] = [c for c in published(grip_mode)[before:] if 'id="async-downloads-list"' in c]
+        assert 'aria-valuenow="30"' in centre and f"id: {channel_for(alice.pk)}:" in centre
+
+    def test_a_quiet_channel_costs_one_look(self, grip_mode, client_for, alice):
+        cache.init_download(alice, "report.csv")
+        before = len(grip_mode.received)
+        for _ in range(3):
+            through_proxy(client_for(alice))
+        time.sleep(1)
+        assert grip_mode.received[before:] == []
+
+    def test_checks_due_at_exit_are_made_then(self, grip_mode, client_for, alice, monkeypatch):
+        monkeypatch.setattr(events, "CATCH_UP_DELAY", 60)
+        _, key = cache.init_download(alice, "report.csv")
+        through_proxy(client_for(alice))
+        cache.set_percentage(key, 60)
+        before = len(grip_mode.received)
+        events._catch_ups.flush()
+        assert any('aria-valuenow="60"' in c and 'id="async-downloads-list"' in c
+                   for c in published(grip_mode)[before:])
 
 
 class TestChannelManagerAsAGate:

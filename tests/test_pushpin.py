@@ -14,13 +14,14 @@ import httpx
 import pytest
 from django.conf import settings
 
-from async_downloads import cache
+from async_downloads import cache, sse
 from async_downloads.channels import channel_for
 from devtools.processes import free_port, start_gunicorn
 from devtools.pushpin import Pushpin
 from tests.browser import export_and_watch, log_in
 from tests.processes import child_env, start_worker, stop
 from tests.sse_client import StreamReader, session_cookies
+from tests.testapp.middleware import DELAY_HEADER
 from tests.testapp.tasks import ping, report_progress
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -106,8 +107,7 @@ def test_a_workers_progress_reaches_the_user_through_pushpin_while_sync_workers_
     for reader in [*readers, other]:
         reader.__enter__()
     try:
-        # Pushpin fetches each stream's next link about a second in (no session there): still held after it.
-        time.sleep(2)
+        time.sleep(1.5)  # past the look at the channel a second in: the streams are still held
         start = time.monotonic()
         page = httpx.get(grip.proxy.url + "/login/", timeout=10)
         assert page.status_code == 200 and time.monotonic() - start < 2, "a sync worker is held"
@@ -140,7 +140,6 @@ def test_events_arrive_while_publishes_keep_coming(grip, alice, bob):
             time.sleep(0.01)
 
     with stream(grip, alice) as reader, stream(grip, bob) as other:
-        time.sleep(1.5)  # past Pushpin's first next link of each stream
         publisher = threading.Thread(target=keep_publishing)
         publisher.start()
         try:
@@ -156,8 +155,37 @@ def test_events_arrive_while_publishes_keep_coming(grip, alice, bob):
             done.set()
             publisher.join()
 
+def test_what_is_published_while_pushpin_subscribes_a_stream_reaches_it(grip, alice):
+    """Django reads the events, Pushpin subscribes the stream once it has the answer: a publish
+    in between reaches no stream, and the look at the channel a second later sends the centre."""
+    _, key = cache.init_download(alice, "report.csv")
+    cache.set_percentage(key, 10)
+    for _ in range(2):  # both sync workers warm: the timing below is the answer's, not a first request's
+        with stream(grip, alice):
+            pass
+    reader = stream(grip, alice, headers={DELAY_HEADER: "0.7"})  # the answer reaches Pushpin 0.7 s late
+    reader.last_event_id = f"{channel_for(alice.pk)}:{sse_current_id(alice)}"
+    opening = threading.Thread(target=reader.__enter__)
+    opening.start()
+    time.sleep(0.3)  # Django has read the events and sleeps; Pushpin has no subscriber yet
+    cache.set_percentage(key, 20)
+    opening.join()
+    try:
+        seen = wait_for(reader, key, 20, timeout=5)
+        [event] = [e for e in seen if 'aria-valuenow="20"' in e["data"]]
+        assert 'id="async-downloads-list"' in event["data"], "it came as the row: it was not in the window"
+        assert reader.connections == 1
+    finally:
+        reader.__exit__()
+
+
+def sse_current_id(user):
+    return sse.EventStorage().get_current_id(channel_for(user.pk))
+
+
 def test_a_direct_request_gets_421_at_once_also_with_a_forged_signature(grip, alice):
     cookies = session_cookies(alice)
+    httpx.get(grip.web_url + "/login/", timeout=30)  # a worker started by a restart test has its first request
     for headers in ({}, {"Grip-Sig": "forged"}):
         start = time.monotonic()
         response = httpx.get(grip.web_url + EVENTS, cookies=cookies, headers=headers, timeout=10)
@@ -168,7 +196,7 @@ def test_a_direct_request_gets_421_at_once_also_with_a_forged_signature(grip, al
 def test_restarting_gunicorn_under_open_streams_drops_none_and_loses_nothing(grip, alice):
     _, key = cache.init_download(alice, "report.csv")
     with stream(grip, alice, reconnect=True) as reader:
-        time.sleep(1.5)
+        time.sleep(1.5)  # past the look at the channel (which would send the centre with 10 again)
         cache.set_percentage(key, 10)
         wait_for(reader, key, 10)
         stop(grip.web)
@@ -183,7 +211,6 @@ def test_restarting_gunicorn_under_open_streams_drops_none_and_loses_nothing(gri
 def test_restarting_pushpin_clients_reconnect_with_their_last_id_and_miss_nothing(grip, alice):
     _, key = cache.init_download(alice, "report.csv")
     with stream(grip, alice, reconnect=True) as reader:
-        time.sleep(1.5)
         cache.set_percentage(key, 10)
         wait_for(reader, key, 10)
         grip.proxy.stop()
@@ -206,7 +233,6 @@ def test_two_pushpins_in_front_of_two_web_processes(grip, settings, alice):
     try:
         _, key = cache.init_download(alice, "report.csv")
         with stream(grip, alice) as one, stream(second, alice) as two:
-            time.sleep(1.5)
             for percentage in (10, 20, 30):
                 cache.set_percentage(key, percentage)
             assert percentages(wait_for(one, key, 30), key) == [10, 20, 30]
