@@ -92,7 +92,7 @@ def version(downloads: list[Record]) -> str:
 def events_url(pk: Any) -> str:
     last_id = current_event_id(pk)
     query = f"?{urlencode({'lastEventId': last_id})}" if last_id else ""
-    return reverse("async_downloads:events") + query
+    return reverse("async_downloads:held_events" if grip.enabled() else "async_downloads:events") + query
 
 
 def render_refresh(pk: Any, downloads: list[Record] | None = None) -> str:

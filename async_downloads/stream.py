@@ -1,4 +1,4 @@
-"""The event stream view (``async_downloads:events``) and the Redis listener behind it.
+"""The event stream views (``async_downloads:events``; in GRIP mode ``held_events``) and the Redis listener.
 
 The stream itself is django-eventstream's; this view checks the request first,
 fails the user's stalled downloads, and gives back what an open stream would
@@ -18,6 +18,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import connections
 from django.http import (
+    Http404,
     HttpRequest,
     HttpResponse,
     HttpResponseBadRequest,
@@ -43,8 +44,9 @@ RETRY_DELAYS: Final = (0.2, 0.5, 1)
 
 async def events(request: HttpRequest) -> HttpResponseBase:
     """The user's event stream."""
-    if grip.enabled():
-        return await _through_proxy(request)
+    if grip.enabled():  # the same URL serves in GRIP mode too (pages rendered before, next links)
+        proxied: HttpResponseBase = await sync_to_async(held)(request)
+        return proxied
     user = await request.auser()
     if not user.is_authenticated:
         return HttpResponseForbidden(_("Sign in to receive download events."))
@@ -71,13 +73,17 @@ async def events(request: HttpRequest) -> HttpResponseBase:
     return answer
 
 
-async def _through_proxy(request: HttpRequest) -> HttpResponseBase:
-    """GRIP mode: answer the proxy at once with the instructions that make it hold the stream.
+def held(request: HttpRequest) -> HttpResponseBase:
+    """The event stream in GRIP mode (``async_downloads:held_events``): the proxy's instructions, at once.
 
-    Only a request whose ``Grip-Sig`` verifies with a proxy's key is served. The
-    proxy's own requests for a next link carry no session: there the user is the
-    one its signed ``es-meta`` names, and never someone else than the session's.
+    A sync view: under WSGI it runs in the worker's thread, with no event loop to
+    start. Only a request whose ``Grip-Sig`` verifies with a proxy's key is served.
+    The proxy's own requests for a next link (of streams held by earlier answers)
+    carry no session: there the user is the one its signed ``es-meta`` names, and
+    never someone else than the session's.
     """
+    if not grip.enabled():
+        raise Http404("GRIP mode is off.")
     if request.method != "GET":
         return HttpResponseNotAllowed(["GET"])
     if not getattr(getattr(request, "grip", None), "signed", False):
@@ -85,7 +91,7 @@ async def _through_proxy(request: HttpRequest) -> HttpResponseBase:
             _("This event stream is served through the site's GRIP proxy; connect through it."),
             status=421, content_type="text/plain; charset=utf-8",
         )
-    user: Any = await request.auser()
+    user: Any = request.user
     token = request.GET.get("es-meta")
     if token:
         named = grip.es_meta_user(token)
@@ -94,10 +100,10 @@ async def _through_proxy(request: HttpRequest) -> HttpResponseBase:
         if user.is_authenticated and str(user.pk) != named:
             return HttpResponseForbidden(_("Sign in to receive download events."))
         if not user.is_authenticated:
-            user = await _active_user(named)
+            user = _active_user(named)
             if user is None:
                 return HttpResponseForbidden(_("Sign in to receive download events."))
-        # The channels are the user's, as for any request; django-eventstream writes a fresh es-meta.
+        # The channels are the user's, as for any request.
         query = request.GET.copy()
         del query["es-meta"]
         request.GET = query  # type: ignore[assignment]  # a copy without es-meta, read only from here
@@ -107,9 +113,17 @@ async def _through_proxy(request: HttpRequest) -> HttpResponseBase:
     if problem:
         return HttpResponseBadRequest(problem)
     request.user = user
-    await _in_a_context_of_its_own(cache.fail_stalled, user)
-    response: HttpResponseBase = await sync_to_async(_held)(request, user)
-    return response
+    cache.fail_stalled(user)
+    return _held(request, user)
+
+
+def _active_user(pk: str) -> Any:
+    model = get_user_model()
+    try:
+        user = model._default_manager.get(pk=pk)
+    except (model.DoesNotExist, ValueError, ValidationError):
+        return None
+    return user if getattr(user, "is_active", True) else None
 
 
 def _held(request: HttpRequest, user: Any) -> HttpResponseBase:
@@ -130,15 +144,6 @@ def _held(request: HttpRequest, user: Any) -> HttpResponseBase:
         last_id = found[-1].id
     publishing.catch_up(user.pk, channel, last_id)
     return grip.hold(request, channel, found)
-
-
-async def _active_user(pk: str) -> Any:
-    model = get_user_model()
-    try:
-        user = await model._default_manager.aget(pk=pk)
-    except (model.DoesNotExist, ValueError, ValidationError):
-        return None
-    return user if getattr(user, "is_active", True) else None
 
 
 def _close_connections() -> None:

@@ -7,6 +7,7 @@ app_name = "async_downloads"
 urlpatterns = [
     path("", views.centre, name="centre"),
     path("events/", stream.events, name="events"),
+    path("events/held/", stream.held, name="held_events"),
     path("clear/<str:download_key>/", views.clear, name="clear"),
     path("cancel/<str:download_key>/", views.cancel, name="cancel"),
     path("retry/<str:download_key>/", views.retry, name="retry"),

@@ -10,6 +10,7 @@ media folder, seeded with a small dataset so that the whole file stays quick.
 import contextlib
 import csv
 import datetime
+import html
 import importlib.util
 import io
 import json
@@ -878,9 +879,11 @@ def test_the_demo_behind_pushpin_streams_an_export_through_it_and_stops_cleanly(
                                                      "csrfmiddlewaretoken": token})
             assert signed_in.status_code == 302 and signed_in.headers["location"] == "/", signed_in.status_code
             page = client.get("/")
-            assert "sse-connect" in page.text  # GRIP mode: an idle centre keeps its stream open
+            # GRIP mode: an idle centre keeps its stream open, on the sync view.
+            stream_url = html.unescape(re.search(r'sse-connect="([^"]+)"', page.text)[1])
+            assert stream_url.startswith("/async_downloads/events/held/"), stream_url
             cookies = {"sessionid": client.cookies["sessionid"]}
-            with StreamReader(f"{url}/async_downloads/events/", cookies=cookies) as reader:
+            with StreamReader(url + stream_url, cookies=cookies) as reader:
                 started = client.post("/export/orders/", data={**FILTERS["toast"], "format": "csv",
                                                                "csrfmiddlewaretoken": _csrf_token(page)})
                 assert started.status_code == 302, started.status_code
@@ -899,7 +902,7 @@ def test_the_demo_behind_pushpin_streams_an_export_through_it_and_stops_cleanly(
             header, *rows = list(csv.reader(io.StringIO(file.content.decode("utf-8-sig"))))
             assert header == ORDER_HEADER and len(rows) == sample_data["expected"]["toast"]
             # Only Pushpin's requests carry its signature: a stream asked of gunicorn itself is refused.
-            direct = client.get(f"http://127.0.0.1:{private_port}/async_downloads/events/")
+            direct = client.get(f"http://127.0.0.1:{private_port}{stream_url}")
             assert direct.status_code == 421, direct.status_code
 
         seen.update(_tree(supervisor.pid, _processes()))

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.django_db
 
 KEY = "grip-test-key-9d2c7e41b0a84f6c93e5d17a2b60f8c4"
 EVENTS = "/async_downloads/events/"
+HELD = "/async_downloads/events/held/"  # the sync view the centre connects to in GRIP mode
 
 
 def grip_sig(key=KEY, iss="pushpin", exp_in=3600):
@@ -101,51 +102,57 @@ def es_meta(user, exp_in=3600, key=None, iss="es"):
 
 
 class TestStreamRequests:
-    def test_through_the_proxy_the_answer_comes_at_once_with_the_users_channel(self, grip_mode, client_for, alice):
-        response = through_proxy(client_for(alice))
+    """The sync view, and the async one (pages rendered before GRIP mode, next links) as the same."""
+
+    @pytest.fixture(params=[HELD, EVENTS])
+    def url(self, request):
+        return request.param
+
+    def test_through_the_proxy_the_answer_comes_at_once_with_the_users_channel(self, url, grip_mode, client_for, alice):
+        response = through_proxy(client_for(alice), url)
         assert response.status_code == 200
         assert response["Grip-Hold"] == "stream"
         assert response["Grip-Channel"] == f"events-{channel_for(alice.pk)}"  # no prev-id: nothing to recover
         assert "Grip-Link" not in response  # Pushpin never asks again about this stream
         assert b"event: stream-open" in response.content
 
-    def test_a_page_coming_back_gets_what_it_missed_with_ids_to_come_back_with(self, grip_mode, client_for, alice):
+    def test_a_page_coming_back_gets_what_it_missed_with_ids_to_come_back_with(self, url, grip_mode, client_for, alice):
         channel = channel_for(alice.pk)
         storage = sse.EventStorage()
         seen = storage.append_event(channel, "downloads", "<p>seen</p>")
         missed = [storage.append_event(channel, "downloads", f"<p>missed {n}: 50%</p>") for n in (1, 2)]
-        response = through_proxy(client_for(alice), HTTP_LAST_EVENT_ID=f"{channel}:{seen.id}")
+        response = through_proxy(client_for(alice), url, HTTP_LAST_EVENT_ID=f"{channel}:{seen.id}")
         assert sse_events(response) == [(f"{channel}:{event.id}", event.data) for event in missed]
         assert "Grip-Link" not in response
 
-    def test_a_page_too_far_behind_gets_its_whole_centre(self, grip_mode, client_for, alice):
+    def test_a_page_too_far_behind_gets_its_whole_centre(self, url, grip_mode, client_for, alice):
         channel = channel_for(alice.pk)
         _, key = cache.init_download(alice, "report.csv")
         storage = sse.EventStorage()
         first = storage.append_event(channel, "downloads", "<p>old</p>")
         for n in range(120):  # more than django-eventstream reads at once
             storage.append_event(channel, "downloads", f"<p>{n}</p>")
-        response = through_proxy(client_for(alice), HTTP_LAST_EVENT_ID=f"{channel}:{first.id - 1}")
+        response = through_proxy(client_for(alice), url, HTTP_LAST_EVENT_ID=f"{channel}:{first.id - 1}")
         [(event_id, data)] = sse_events(response)
         assert event_id == f"{channel}:{storage.get_current_id(channel)}"
         assert 'id="async-downloads-list"' in data and key in data
 
-    def test_a_direct_request_is_refused_at_once(self, grip_mode, client_for, alice):
-        response = client_for(alice).get(EVENTS)
+    def test_a_direct_request_is_refused_at_once(self, url, grip_mode, client_for, alice):
+        response = client_for(alice).get(url)
         assert response.status_code == 421
         assert "Grip-Hold" not in response
         assert "GRIP proxy" in response.content.decode()
 
     @pytest.mark.parametrize("sig", [grip_sig(key="forged-" + "k" * 40), grip_sig(exp_in=-10), "not-a-jwt", ""])
-    def test_a_forged_expired_or_empty_signature_is_a_direct_request(self, grip_mode, client_for, alice, sig):
-        response = client_for(alice).get(EVENTS, HTTP_GRIP_SIG=sig)
+    def test_a_forged_expired_or_empty_signature_is_a_direct_request(self, url, grip_mode, client_for, alice, sig):
+        response = client_for(alice).get(url, HTTP_GRIP_SIG=sig)
         assert response.status_code == 421
 
-    def test_signed_out_without_es_meta(self, grip_mode):
-        assert through_proxy(Client()).status_code == 403
+    def test_signed_out_without_es_meta(self, url, grip_mode):
+        assert through_proxy(Client(), url).status_code == 403
 
-    def test_only_get(self, grip_mode, client_for, alice):
-        assert client_for(alice).post(EVENTS, HTTP_GRIP_SIG=grip_sig()).status_code == 405
+    def test_only_get(self, url, grip_mode, client_for, alice):
+        assert client_for(alice).post(url, HTTP_GRIP_SIG=grip_sig()).status_code == 405
 
 
 class TestNextLinks:
@@ -381,10 +388,12 @@ class TestChecks:
         assert checks.check_grip() == []
 
 
-def test_the_centre_in_grip_mode_connects_through_the_same_url(grip_mode, client_for, alice):
+def test_the_centre_in_grip_mode_connects_to_the_sync_view(grip_mode, settings, client_for, alice):
     cache.init_download(alice, "report.csv")
     page = client_for(alice).get(reverse("home")).content.decode()
-    assert f'sse-connect="{EVENTS}' in page
+    assert f'sse-connect="{HELD}' in page
+    settings.GRIP_PROXIES = []
+    assert client_for(alice).get(HELD).status_code == 404  # GRIP mode off: not a stream URL
 
 
 class TestIdleStreams:
@@ -393,7 +402,7 @@ class TestIdleStreams:
 
     def test_in_grip_mode_an_idle_centre_keeps_its_stream(self, grip_mode, client_for, alice):
         page = self.page(client_for, alice)
-        assert f'sse-connect="{EVENTS}' in page and "?idle=" not in page
+        assert f'sse-connect="{HELD}' in page and "?idle=" not in page
 
     def test_finishing_the_last_download_leaves_the_stream_open(self, grip_mode, alice):
         from async_downloads import events, partials

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 KEY = secrets.token_hex(24)
 QUEUE = settings.CELERY_TASK_DEFAULT_QUEUE + "-grip"  # tests/grip_settings.py's default queue
-EVENTS = "/async_downloads/events/"
+EVENTS = "/async_downloads/events/held/"  # what the centre connects to in GRIP mode
 
 
 class Site:
