@@ -39,6 +39,9 @@ DEFAULTS = {
     "GRIP_PUBLISH_TIMEOUT": 2,
     # Idle centres keep their stream open too: None = in GRIP mode only.
     "IDLE_STREAMS": None,
+    # Stream requests one process sets up at once (async_downloads.stream); the others wait their turn.
+    # None = no limit.
+    "STREAM_OPENINGS": 32,
     # Writing files (async_downloads.writers).
     "CSV_ENCODING": "utf-8",
     "ESCAPE_FORMULAS": False,

@@ -8,8 +8,11 @@ otherwise hold (the request's thread and database connection).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
+import weakref
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from asgiref.sync import sync_to_async
@@ -34,6 +37,7 @@ from django_eventstream.views import events as eventstream_events
 from . import cache, compat, grip, sse, store
 from . import events as publishing
 from .channels import channel_for
+from .conf import settings
 from .watch import resync_open_pages, while_open
 
 logger = logging.getLogger(__name__)
@@ -47,6 +51,37 @@ async def events(request: HttpRequest) -> HttpResponseBase:
     if grip.enabled():  # the same URL serves in GRIP mode too (pages rendered before, next links)
         proxied: HttpResponseBase = await sync_to_async(held)(request)
         return proxied
+    async with _openings():
+        return await _open(request)
+
+
+# One per event loop (a semaphore belongs to one); a loop that is gone takes its own with it.
+_semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def _openings() -> AsyncIterator[None]:
+    """A turn among ``ASYNC_DOWNLOADS_STREAM_OPENINGS`` stream requests set up at once in this process.
+
+    Browsers come back all at once after a restart. Set up all at once, their
+    requests' short-lived objects are interleaved in memory with the streams'
+    long-lived ones, and the process keeps the whole peak: 185 KB per stream for
+    2,000 streams opened at once here, against 49 KB with 32 at a time (as for
+    2,000 opened 32 at a time by the clients), for about the same time to open them all.
+    """
+    limit = settings.STREAM_OPENINGS
+    if not limit:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    semaphore = _semaphores.get(loop)
+    if semaphore is None:
+        semaphore = _semaphores[loop] = asyncio.Semaphore(int(limit))
+    async with semaphore:
+        yield
+
+
+async def _open(request: HttpRequest) -> HttpResponseBase:
     user = await request.auser()
     if not user.is_authenticated:
         return HttpResponseForbidden(_("Sign in to receive download events."))

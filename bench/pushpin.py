@@ -168,8 +168,8 @@ async def settled_rss_sum_kb(pids, seconds=2.0):
 async def until_idle(pids, seconds=30.0, below=0.05):
     """Wait until ``pids`` use less than ``below`` CPU seconds in a second; return the seconds waited.
 
-    After streams open, Pushpin asks the web processes for each stream's next link, at most 10 a
-    second (Pushpin 1.36's update limiter, not configurable): 10,000 streams take about 17 minutes."""
+    After streams open, each web process looks at every new stream's channel once, a second later
+    (``events.catch_up``)."""
     start = time.monotonic()
     while time.monotonic() - start < seconds:
         c0 = cpu_of(pids)
@@ -266,7 +266,8 @@ class PushpinBench(live.Bench):
         web_before, proxy_before = await asyncio.gather(settled_rss_sum_kb(self.web_pids()),
                                                         settled_rss_sum_kb(self.pushpin_pids()))
         web_cpu0, t0 = cpu_of(self.web_pids()), time.monotonic()
-        clients, failures = await self.streams(self.port, self.users["bg"])
+        # All at once, as browsers come back after a restart of Pushpin (bench/live.py's memory method).
+        clients, failures = await self.streams(self.port, self.users["bg"], concurrency=len(self.users["bg"]))
         connect_seconds = time.monotonic() - t0
         await asyncio.sleep(2.0)
         settle_seconds = 2.0 + await until_idle(self.web_pids(), 30 + len(clients) / 8)
@@ -300,9 +301,8 @@ class PushpinBench(live.Bench):
         return {"memory": memory, "broadcast": broadcast, "latency": latency, "restart": restart}
 
     #: bench/live.py's latency method with ``set_percentage`` probes only: its bare ``send_event``
-    #: probes are published by django-eventstream from a background thread (pubcontrol's), so on the
-    #: probe user's channel they would reach Pushpin out of order with the synchronous ones, and
-    #: Pushpin holds an out-of-order message up to ``message_wait`` (5 s).
+    #: probes are published by django-eventstream with ``prev-id`` and its ``build-id`` filter, which
+    #: the streams the app holds (no next link, no ``prev-id``) do not take.
     PROBE_KINDS = ("cache",)
 
     async def broadcast(self, clients):
@@ -384,7 +384,7 @@ class PushpinBench(live.Bench):
         mine = [os.getpid(), *web, *pp]
         # In GRIP mode idle centres keep their stream (ASYNC_DOWNLOADS_IDLE_STREAMS): a user's stream is open
         # before the export starts, as the polling page is loaded before its polls. Opening (the stream
-        # request and Pushpin's first next link) is measured on its own, and shown with the window too.
+        # request, and the look at its channel a second later) is measured on its own, and shown with the window too.
         o0 = cpu_of(web)
         clients, failures = await self.streams(self.port, users, urls=urls)
         await asyncio.sleep(1.5)
@@ -538,10 +538,10 @@ def markdown(r):
              f"{mem['web_kb_before'] / 1024:.1f} MB", f"{mem['web_kb_after'] / 1024:.1f} MB",
              f"growth **{mem['web_growth_mb']:+.2f} MB**"],
         ]), "",
-        f"Opened 32 at a time in {mem['connect_seconds']} s ({mem['failed']} failed), then {mem['settle_seconds']} s "
-        "until the web processes were idle (Pushpin fetches each stream's next link, 10 a second at most); they spent "
-        f"{mem['web_cpu_seconds_to_open']} CPU s on them ({mem['web_cpu_ms_per_stream']} ms per stream: the stream "
-        "request and Pushpin's next-link request). Pushpin's processes after: "
+        f"Opened all at once in {mem['connect_seconds']} s ({mem['failed']} failed), then {mem['settle_seconds']} s "
+        "until the web processes were idle (each looks at a new stream's channel once, a second after answering it); "
+        f"they spent {mem['web_cpu_seconds_to_open']} CPU s on them ({mem['web_cpu_ms_per_stream']} ms per stream: "
+        "the stream request and that look). Pushpin's processes after: "
         + ", ".join(f"{k} {v / 1024:.1f} MB" for k, v in mem["pushpin_kb_by_process_after"].items())
         + f". Limits: client {lim['client_soft']:,} open files, condure {lim['condure_open_files']:,}, "
         f"condure's `client_maxconn` {lim['client_maxconn']:,}.", "",
@@ -597,7 +597,7 @@ def markdown(r):
             "is stored in Redis and POSTed to Pushpin by the process that made it.",
             f"Memory: VmRSS (median of readings over 2 s) summed over Pushpin's processes (`proxy.pids()`) and over "
             f"the web processes, warmed up first, with no stream, then once the {mem['streams']:,} streams (a "
-            "different user each, signed-cookie sessions) are open and Pushpin's next-link requests are served; "
+            "different user each, signed-cookie sessions) are open and the web processes idle again; "
             "Pushpin's per stream is the difference divided by the streams.",
             "Broadcast: each stream's user has only their own channel, so one event is published per user; the "
             "client checks that every stream got one more `downloads` event.",
@@ -605,8 +605,8 @@ def markdown(r):
             "`set_percentage` on the streams' users' downloads; a Celery worker changes the probe user's download with "
             f"`set_percentage` {live.PROBE_WARMUP} + {live.PROBES} times at {live.PROBE_RATE:.0f}/s (the warm-up "
             "not counted); the probe's stream is through Pushpin like the others. No bare `send_event` probes: "
-            "django-eventstream publishes those from a background thread, out of order with ours on the same "
-            "channel, and Pushpin holds an out-of-order message up to `message_wait` (5 s).",
+            "django-eventstream publishes those with `prev-id` and its `build-id` filter, which streams held by "
+            "the app (no next link, no `prev-id`) do not take.",
             f"Restart: {rs['streams']:,} of the streams stay open while a process publishes {rs['rate']:.0f} changes "
             "a second to their users; each gunicorn is stopped (SIGTERM), left down for a second, started again on "
             "its port, then the next one. Dropped: a stream whose connection closed; lost: per stream, events "
@@ -615,8 +615,8 @@ def markdown(r):
             f"every export {cpu['steps']} steps in {cpu['seconds']:.0f} s; web CPU is utime + stime of the gunicorn "
             "masters and workers over the window (the export, closing the streams). The streams are open before "
             "the window, as GRIP mode keeps idle centres connected (`ASYNC_DOWNLOADS_IDLE_STREAMS`) and as the "
-            "polling page is loaded before its polls; opening them (each stream request and Pushpin's first next "
-            "link) is measured on its own and shown beside the ratio. Polling: a fresh "
+            "polling page is loaded before its polls; opening them (each stream request, and the look at its "
+            "channel a second later) is measured on its own and shown beside the ratio. Polling: a fresh "
             "gunicorn of the same settings, polled directly (a site without Pushpin), after a calibration at a "
             "quarter of the rate; if it did not keep up, the ratio takes every poll due at the lower CPU per poll.",
             "Uvicorn column: bench/live.py's `Bench` run in the same section with fresh users ("

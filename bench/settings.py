@@ -9,6 +9,8 @@ from bench.base_settings import MIDDLEWARE, SCENARIO
 if SCENARIO == "live":
     # 2,000 logins without 2,000 database rows.
     SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+    if "ADBENCH_STREAM_OPENINGS" in os.environ:  # JSON: a number, or null for no limit
+        ASYNC_DOWNLOADS_STREAM_OPENINGS = json.loads(os.environ["ADBENCH_STREAM_OPENINGS"])
 elif SCENARIO == "ws":
     # ADBENCH_WS=1: this process publishes through the channel layer instead of django-eventstream.
     ASYNC_DOWNLOADS_WS_MODE = os.environ.get("ADBENCH_WS") == "1"

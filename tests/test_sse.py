@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from async_downloads import cache, channels, compat, partials, sse
+from async_downloads import stream as stream_view
 from tests.sse_client import StreamReader, session_cookies
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -208,3 +209,27 @@ def test_events_that_arrive_while_a_stream_catches_up_do_not_resend_what_it_caug
     assert [body.count(f"caught up {n}") for n in range(3)] + [body.count("live")] == [1, 1, 1, 1]
     assert len(ids) == len(set(ids)) == 4
     assert reads[1] == int(ids[2].rsplit(":", 1)[1]), "the second read did not start after the first"
+
+
+@pytest.mark.parametrize("limit", [3, None])
+def test_stream_requests_are_set_up_so_many_at_once(settings, limit):
+    """Browsers come back all at once after a restart: each process sets up at most
+    ``ASYNC_DOWNLOADS_STREAM_OPENINGS`` of their requests at a time, the others in turn."""
+    settings.ASYNC_DOWNLOADS_STREAM_OPENINGS = limit
+    inside, most, done = 0, 0, []
+
+    async def opening(n):
+        nonlocal inside, most
+        async with stream_view._openings():
+            inside += 1
+            most = max(most, inside)
+            await asyncio.sleep(0.01)
+            inside -= 1
+        done.append(n)
+
+    async def burst():
+        await asyncio.gather(*(opening(n) for n in range(20)))
+
+    asyncio.run(burst())
+    assert sorted(done) == list(range(20))
+    assert most == (limit or 20)
