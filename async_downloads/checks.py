@@ -202,6 +202,13 @@ def check_grip(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) ->
     for entry in proxies:
         key = grip.verify_key(entry)
         where = entry.get("control_uri") or entry.get("control_zmq_uri") or "a GRIP proxy"
+        if not entry.get("control_uri"):
+            found.append(Warning(
+                f"The GRIP proxy {where} has no control_uri: the app publishes to each proxy's HTTP control "
+                "port only, so its streams get no events.",
+                hint='Give the entry Pushpin\'s HTTP control port: "control_uri": "http://127.0.0.1:5561".',
+                id="async_downloads.W010",
+            ))
         if not key:
             found.append(Error(
                 f"The GRIP proxy {where} has no key: django-grip then takes any request with a Grip-Sig "

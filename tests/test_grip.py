@@ -371,6 +371,10 @@ class TestChecks:
         settings.GRIP_URL = "http://127.0.0.1:5561?key=changeme"
         assert self.ids() == {"async_downloads.E008"}
 
+    def test_a_proxy_reached_over_zeromq_only_gets_no_events(self, grip_mode, settings):
+        settings.GRIP_PROXIES = [*settings.GRIP_PROXIES, {"control_zmq_uri": "tcp://127.0.0.1:5560", "key": KEY}]
+        assert self.ids() == {"async_downloads.W010"}
+
     def test_the_middleware_missing_or_not_first(self, grip_mode, settings):
         settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != "django_grip.GripMiddleware"]
         assert self.ids() == {"async_downloads.E009"}
