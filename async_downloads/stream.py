@@ -65,9 +65,9 @@ async def _openings() -> AsyncIterator[None]:
 
     Browsers come back all at once after a restart. Set up all at once, their
     requests' short-lived objects are interleaved in memory with the streams'
-    long-lived ones, and the process keeps the whole peak: 185 KB per stream for
-    2,000 streams opened at once here, against 49 KB with 32 at a time (as for
-    2,000 opened 32 at a time by the clients), for about the same time to open them all.
+    long-lived ones, and the process keeps the whole peak: about 200 KB per stream
+    for 2,000 streams opened at once here, against 49 KB with 32 set up at a time,
+    in about the same time to open them all (bench/report.md, section ``live``).
     """
     limit = settings.STREAM_OPENINGS
     if not limit:

@@ -363,11 +363,18 @@ class Bench:
         self.children.append(process)
         return process, int(url.rsplit(":", 1)[1])
 
-    async def streams(self, port, users, factory=Counter, urls=None, concurrency=32):
+    async def streams(self, port, users, factory=Counter, urls=None, concurrency=32, retry=False, stats=None):
+        """Open a stream of each of ``users``; each client knows its ``user``. ``retry``: as htmx does."""
+
+        def client(u, url):
+            protocol = factory(load.stream_request(port, url, self.cookie_name, u["cookie"]))
+            protocol.user = u
+            return protocol
+
         clients, failures = await load.open_streams([
-            (port, lambda u=u, url=url: factory(load.stream_request(port, url, self.cookie_name, u["cookie"])))
+            (port, lambda u=u, url=url: client(u, url))
             for u, url in zip(users, urls or [u["url"] for u in users], strict=True)],
-            concurrency=concurrency, timeout=120)
+            concurrency=concurrency, timeout=120, retry=retry, stats=stats)
         if failures:
             log(f"{len(failures)} of {len(users)} streams failed to open: {failures[:3]}")
         return clients, failures

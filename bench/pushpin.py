@@ -266,8 +266,11 @@ class PushpinBench(live.Bench):
         web_before, proxy_before = await asyncio.gather(settled_rss_sum_kb(self.web_pids()),
                                                         settled_rss_sum_kb(self.pushpin_pids()))
         web_cpu0, t0 = cpu_of(self.web_pids()), time.monotonic()
-        # All at once, as browsers come back after a restart of Pushpin (bench/live.py's memory method).
-        clients, failures = await self.streams(self.port, self.users["bg"], concurrency=len(self.users["bg"]))
+        # All at once, as browsers come back after a restart of Pushpin (bench/live.py's memory method); a
+        # stream refused (the web processes' listen queue full: Pushpin answers 502) is opened again as htmx does.
+        opening = {}
+        clients, failures = await self.streams(self.port, self.users["bg"], concurrency=len(self.users["bg"]),
+                                               retry=True, stats=opening)
         connect_seconds = time.monotonic() - t0
         await asyncio.sleep(2.0)
         settle_seconds = 2.0 + await until_idle(self.web_pids(), 30 + len(clients) / 8)
@@ -278,6 +281,7 @@ class PushpinBench(live.Bench):
         by_process = {name: live.rss_kb(pid) for name, pid in self.proxy.pids().items()}
         memory = {"streams": n, "failed": len(failures), "failures": failures[:3],
                   "connect_seconds": round(connect_seconds, 1), "settle_seconds": round(settle_seconds, 1),
+                  "retries": opening["retries"],
                   "web_cpu_seconds_to_open": round(web_cpu, 2), "web_cpu_ms_per_stream": round(web_cpu * 1000 / n, 2),
                   "web_kb_before": web_before, "web_kb_after": web_after,
                   "web_growth_mb": round((web_after - web_before) / 1024, 2),
@@ -295,7 +299,7 @@ class PushpinBench(live.Bench):
             (await settled_rss_sum_kb(self.pushpin_pids(), 1.0) - proxy_before) / max(1, n), 2)
         keep = clients[:RESTART_STREAMS]
         await load.close_streams(clients[RESTART_STREAMS:])
-        restart = await self.restart(keep, self.users["bg"][:len(keep)])
+        restart = await self.restart(keep, [c.user for c in keep])
         await load.close_streams(keep)
         stop(worker)
         return {"memory": memory, "broadcast": broadcast, "latency": latency, "restart": restart}
@@ -307,7 +311,7 @@ class PushpinBench(live.Bench):
 
     async def broadcast(self, clients):
         """One event on each stream's user channel (a change of their download); every stream must get it."""
-        entries = [{"pk": u["pk"], "key": u["key"]} for u in self.users["bg"][:len(clients)]]
+        entries = [{"pk": c.user["pk"], "key": c.user["key"]} for c in clients]
         procs = 2 if len(entries) > 1 else 1
         children = [await self.child("broadcast", {"entries": entries[i::procs]}) for i in range(procs)]
         for child in children:
@@ -538,7 +542,9 @@ def markdown(r):
              f"{mem['web_kb_before'] / 1024:.1f} MB", f"{mem['web_kb_after'] / 1024:.1f} MB",
              f"growth **{mem['web_growth_mb']:+.2f} MB**"],
         ]), "",
-        f"Opened all at once in {mem['connect_seconds']} s ({mem['failed']} failed), then {mem['settle_seconds']} s "
+        f"Opened all at once in {mem['connect_seconds']} s ({mem['failed']} failed; {mem.get('retries', 0):,} "
+        "refused first, 502 from Pushpin while the web processes' listen queues were full, and opened again after "
+        f"the htmx SSE extension's wait), then {mem['settle_seconds']} s "
         "until the web processes were idle (each looks at a new stream's channel once, a second after answering it); "
         f"they spent {mem['web_cpu_seconds_to_open']} CPU s on them ({mem['web_cpu_ms_per_stream']} ms per stream: "
         "the stream request and that look). Pushpin's processes after: "

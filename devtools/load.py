@@ -241,26 +241,45 @@ def stream_request(port, url, cookie_name, cookie):
             "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n").encode()
 
 
-async def open_streams(targets, concurrency=32, timeout=60):
+#: The htmx SSE extension's waits before it opens a failed stream again (seconds): 0.5 s doubled, at most 64 s.
+HTMX_RETRY_DELAYS = tuple(min(0.5 * 2 ** n, 64.0) for n in range(9))
+
+
+async def open_streams(targets, concurrency=32, timeout=60, retry=False, stats=None):
     """Connect each ``(port, protocol factory)``, ``concurrency`` at a time, and wait for its stream-open.
 
+    With ``retry``, a stream that fails (an error status, a refused connection) is opened again
+    as the htmx SSE extension does, after ``HTMX_RETRY_DELAYS``; ``stats["retries"]`` counts them.
     Returns the clients (in the order of ``targets``, failures left out) and the failures."""
     semaphore = asyncio.Semaphore(concurrency)
     loop = asyncio.get_running_loop()
     failures = []
+    stats = {} if stats is None else stats
+    stats.setdefault("retries", 0)
 
-    async def one(port, factory):
+    async def attempt(port, factory):
         async with semaphore:
             client = None
             try:
                 _, client = await loop.create_connection(factory, "127.0.0.1", port)
                 await asyncio.wait_for(asyncio.shield(client.opened), timeout)
-                return client
+                return client, None
             except Exception as error:
                 if client is not None:
                     client.close()
-                failures.append(repr(error)[:200])
-                return None
+                return None, error
+
+    async def one(port, factory):
+        for delay in (*(HTMX_RETRY_DELAYS if retry else ()), None):
+            client, error = await attempt(port, factory)
+            if client is not None:
+                return client
+            if delay is None:
+                break
+            stats["retries"] += 1
+            await asyncio.sleep(delay)
+        failures.append(repr(error)[:200])
+        return None
 
     clients = await asyncio.gather(*(one(port, factory) for port, factory in targets))
     return [c for c in clients if c is not None], failures
