@@ -237,7 +237,8 @@ class Counter(load.StreamClient):
         self.count, self.tail = 0, b""
 
     def body_received(self, data, now):
-        window = self.tail + data  # the tail's own marks were counted with the data before
+        # The body without its chunk framing: an event the proxy wrote in two chunks still counts once.
+        window = self.tail + self.payload(data)  # the tail's own marks were counted with the data before
         self.count += window.count(b"event: downloads") - self.tail.count(b"event: downloads")
         if not self.opened.done() and b"event: stream-open" in window:
             self.opened.set_result(now)

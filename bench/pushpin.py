@@ -332,13 +332,15 @@ class PushpinBench(live.Bench):
         for child in children:
             child.close()
         got = sum(1 for c, b in zip(clients, base, strict=True) if c.count > b)
+        missed = [c for c, b in zip(clients, base, strict=True) if c.count <= b]
         result = {"streams": len(clients), "received": got, "extra": sum(c.count - b - 1 for c, b in
                                                                         zip(clients, base, strict=True) if c.count > b),
                   "publish_seconds": round(max(p["seconds"] for p in parts), 2),
                   "all_received_seconds": round(done_at - t0, 2) if done_at else None,
                   "publish_cpu_seconds": round(sum(p["cpu_seconds"] for p in parts), 2),
                   "pushpin_cpu_seconds": round(cpu_of(self.pushpin_pids()) - pp0, 2),
-                  "errors": {k: v for p in parts for k, v in p["errors"].items()}}
+                  "errors": {k: v for p in parts for k, v in p["errors"].items()},
+                  "missed_closed": sum(1 for c in missed if c.closed.done())}
         log(f"broadcast: {got} of {len(clients)} streams got their user's event; all in "
             f"{result['all_received_seconds']} s (publishing took {result['publish_seconds']} s)")
         return result
@@ -555,7 +557,9 @@ def markdown(r):
         f"{bc['publish_seconds']} s: **{bc['received']:,} of {bc['streams']:,}** streams got their user's event, "
         f"all of them {bc['all_received_seconds']} s after the first publish ({bc['extra']} extra events); Pushpin "
         f"used {bc['pushpin_cpu_seconds']} CPU s, the publishers {bc['publish_cpu_seconds']}."
-        + (f" Errors: {bc['errors']}." if bc["errors"] else ""), "",
+        + (f" Errors: {bc['errors']}." if bc["errors"] else "")
+        + (f" Of the {bc['streams'] - bc['received']:,} that did not, {bc.get('missed_closed', 0):,} had lost their "
+           "connection." if bc["received"] < bc["streams"] else ""), "",
         "### Latency: `set_percentage` in a Celery worker → event at a client through Pushpin", "",
         md_table(["probe", "background load, achieved", "delivered to background streams", "probes", "p50 (ms)",
                   "p90 (ms)", "p99 (ms)", "max (ms)", "lost", "inside the call p50 / p99 (ms)",

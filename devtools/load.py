@@ -33,6 +33,7 @@ For latency, the publishing processes note when each publish step began
 """
 
 import asyncio
+import codecs
 import collections
 import dataclasses
 import json
@@ -163,6 +164,7 @@ class StreamClient(asyncio.Protocol):
         self.raw = bytearray()
         self.chunk_left = None
         self.text = ""
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
 
     def connection_made(self, transport):
         self.transport = transport
@@ -188,23 +190,30 @@ class StreamClient(asyncio.Protocol):
                 return
         self.body_received(data, now)
 
-    def body_received(self, data, now):
+    def payload(self, data):
+        """The body bytes of ``data`` (HTTP/1.1 chunked framing removed), as far as whole chunks go."""
         self.raw += data
+        out = bytearray()
         while True:
             if self.chunk_left is None:
                 nl = self.raw.find(b"\r\n")
                 if nl < 0:
-                    return
+                    return bytes(out)
                 size = int(bytes(self.raw[:nl]).split(b";")[0], 16)
                 del self.raw[:nl + 2]
                 if size == 0:
-                    return
+                    return bytes(out)
                 self.chunk_left = size
             if len(self.raw) < self.chunk_left + 2:
-                return
-            self.text += bytes(self.raw[:self.chunk_left]).decode()
+                return bytes(out)
+            out += self.raw[:self.chunk_left]
             del self.raw[:self.chunk_left + 2]
             self.chunk_left = None
+
+    def body_received(self, data, now):
+        payload = self.payload(data)
+        if payload:
+            self.text += self.decoder.decode(payload)  # a character may straddle two reads
             while "\n\n" in self.text:
                 block, self.text = self.text.split("\n\n", 1)
                 event, lines, event_id = "message", [], None

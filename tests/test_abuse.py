@@ -8,7 +8,8 @@ exactly as they were. The cases that test one check on its own (signed out,
 no CSRF token, wrong method) send Bob's own key with Bob's own session, so
 that nothing but that check stands in the way.
 
-The event stream and the WebSocket consumer are in tests/test_abuse_live.py.
+The event streams (``events``, GRIP mode's ``held_events``) and the WebSocket consumer are in
+tests/test_abuse_live.py.
 """
 
 import uuid
@@ -207,7 +208,7 @@ def test_abuse(client_for, alice, bob, alices, bobs, name, case, variant, status
 def test_the_matrix_covers_every_endpoint():
     from async_downloads.urls import urlpatterns
 
-    assert set(EXPECTED) == set(ENDPOINTS) == {p.name for p in urlpatterns} - {"events"}
+    assert set(EXPECTED) == set(ENDPOINTS) == {p.name for p in urlpatterns} - {"events", "held_events"}
 
 
 def test_a_boosted_page_load_of_a_signed_out_user_still_goes_to_the_login_page(bobs):

@@ -1,5 +1,6 @@
 """Abuse of the live endpoints (issue 6): the event stream, read from a real uvicorn
-process, and the WebSocket consumer, through channels' WebsocketCommunicator.
+process, GRIP mode's stream view, and the WebSocket consumer, through channels'
+WebsocketCommunicator.
 
 As in tests/test_abuse.py: Bob owns the downloads, Alice (or nobody) attacks, and
 each answer is the one the table names, carries nothing of Bob's, and leaves Bob's
@@ -12,11 +13,13 @@ from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
+from django.test import Client
 
 from async_downloads import cache, events, sse
 from async_downloads.shortcuts import init_generic_csv_download
 from tests.sse_client import StreamReader, session_cookies
 from tests.test_abuse import MALFORMED_KEYS, alices, bobs  # noqa: F401 (fixtures: the same Alice and Bob)
+from tests.test_grip import control_port, grip_mode, grip_sig  # noqa: F401 (fixtures: GRIP mode, a control port)
 from tests.test_ws import TIMEOUT, connected, run, signed_in, socket
 from tests.testapp.tasks import queued_elsewhere
 
@@ -136,6 +139,47 @@ class TestEventStream:
         assert "event: stream-error data: &lt;img src=x onerror=alert(1)&gt;" in first["data"]
         assert "<img" not in first["data"] and "\n" not in first["data"]
         assert f'id="download-{key}"' in second["data"]
+
+
+class TestHeldEventStream:
+    """The same cases against GRIP mode's stream view (``events/held/``), through the proxy's
+    signature, in process: it answers at once, so the answer is the whole of what Alice gets."""
+
+    HELD = "/async_downloads/events/held/"
+
+    def answer(self, client, query, headers):
+        extra = {f"HTTP_{name.upper().replace('-', '_')}": value for name, value in headers.items()}
+        return client.get(f"{self.HELD}?{urlencode(query)}", HTTP_GRIP_SIG=grip_sig(), **extra)
+
+    @pytest.mark.parametrize("case", list(STREAMED))
+    def test_alice_gets_only_her_own_events(self, grip_mode, client_for, alice, alices, bobs, case):
+        events.download_changed(bobs.record("running"), events.UPDATED)  # stored: it would be replayed
+        query, headers = STREAMED[case](alice, bobs)
+        response = self.answer(client_for(alice), query, headers)
+        assert response.status_code == 200
+        assert response["Grip-Channel"] == f"events-{quote(sse.channel_for(alice.pk))}"
+        assert_nothing_of(bobs, response.content.decode())
+        assert bobs.snapshot() == bobs.before
+
+    # A next link of an earlier hold has recover=true: through the proxy, that is not malformed.
+    @pytest.mark.parametrize("case", [case for case in REFUSED if case != "malformed-recover"])
+    def test_a_malformed_request_is_400(self, grip_mode, client_for, alice, bobs, case):
+        query, headers = REFUSED[case](alice, bobs)
+        response = self.answer(client_for(alice), query, headers)
+        assert response.status_code == 400
+        assert "Grip-Hold" not in response
+        assert_nothing_of(bobs, response.content.decode())
+
+    def test_signed_out_is_403(self, grip_mode, bobs):
+        response = self.answer(Client(), {"channel": sse.channel_for(bobs.user.pk)}, {})
+        assert response.status_code == 403
+        assert_nothing_of(bobs, response.content.decode())
+
+    @pytest.mark.parametrize("method", ["head", "options", "post", "put", "delete"])
+    def test_any_method_but_get_is_refused(self, grip_mode, client_for, alice, method):
+        response = getattr(client_for(alice), method)(self.HELD, HTTP_GRIP_SIG=grip_sig())
+        assert response.status_code in (403, 405)  # POST & co. without a CSRF token: 403 first
+        assert "Grip-Hold" not in response
 
 
 # ---------------------------------------------------------------- the WebSocket consumer
