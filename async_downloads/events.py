@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from django.dispatch import Signal
 
-from . import partials, sse, store, ws
+from . import grip, partials, sse, store, ws
 from .conf import transport
 from .records import CANCELLED_KIND as CANCELLED
 from .records import CLEARED, COMPLETED, CREATED, FAILED, KINDS, UPDATED, Record
@@ -96,8 +96,14 @@ def publish(
     pusher = PUSHERS.get(transport())
     if pusher is None:
         return  # the polling transport: pages ask; nothing is pushed
-    if kind == UPDATED:
+    if kind == UPDATED and not (pusher is sse and grip.enabled()):
         pusher.send(pk, partials.render_message(pk, record, kind))
+        return
+    if kind == UPDATED:
+        # GRIP mode: a list sent again by ``catch_up`` while this download moves on must not
+        # reach the pages after this newer row (the proxy delivers in the order it is sent).
+        with store.locked(f"{store.collection_key(pk)}:publish"):
+            pusher.send(pk, partials.render_message(pk, record, kind))
         return
     send = pusher.send_here if here_only and pusher is sse else pusher.send
     with store.locked(f"{store.collection_key(pk)}:publish"):
