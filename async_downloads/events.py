@@ -179,9 +179,12 @@ class _CatchUps:
         if last_id is None:
             return  # no event storage: nothing to compare
         with self.lock:
-            # A user's earliest pending check covers the later ones (it looks from the lowest id).
-            if pk not in self.due:
-                self.due[pk] = (time.monotonic() + CATCH_UP_DELAY, channel, last_id)
+            # One check per user: from the lowest id, a second after the latest stream (an earlier
+            # check could come before the proxy subscribed that one). Moved to the end: still in due order.
+            pending = self.due.pop(pk, None)
+            if pending is not None and pending[1] == channel:
+                last_id = min(int(pending[2]), int(last_id))
+            self.due[pk] = (time.monotonic() + CATCH_UP_DELAY, channel, last_id)
             self.wake.notify()
             if self.thread is None:
                 self.thread = threading.Thread(target=self.run, name="async-downloads-catch-up", daemon=True)

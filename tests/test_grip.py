@@ -297,6 +297,14 @@ class TestCatchUp:
         [centre] = [c for c in published(grip_mode)[before:] if 'id="async-downloads-list"' in c]
         assert 'aria-valuenow="30"' in centre and f"id: {channel_for(alice.pk)}:" in centre
 
+    def test_streams_opened_one_after_another_are_looked_at_after_the_last(self, grip_mode, client_for, alice):
+        _, key = cache.init_download(alice, "report.csv")
+        through_proxy(client_for(alice))
+        time.sleep(0.2)
+        through_proxy(client_for(alice))  # a second tab: its own second counts
+        [(when, _, _)] = events._catch_ups.due.values()
+        assert when - time.monotonic() > events.CATCH_UP_DELAY - 0.1
+
     def test_a_quiet_channel_costs_one_look(self, grip_mode, client_for, alice):
         cache.init_download(alice, "report.csv")
         before = len(grip_mode.received)
