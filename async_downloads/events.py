@@ -9,6 +9,7 @@ transport works again, since the record in the cache stays the truth.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -96,18 +97,21 @@ def publish(
     pusher = PUSHERS.get(transport())
     if pusher is None:
         return  # the polling transport: pages ask; nothing is pushed
-    if kind == UPDATED and not (pusher is sse and grip.enabled()):
-        pusher.send(pk, partials.render_message(pk, record, kind))
-        return
     if kind == UPDATED:
         # GRIP mode: a list sent again by ``catch_up`` while this download moves on must not
         # reach the pages after this newer row (the proxy delivers in the order it is sent).
-        with store.locked(f"{store.collection_key(pk)}:publish"):
+        in_order = _publish_lock(pk) if pusher is sse and grip.enabled() else contextlib.nullcontext()
+        with in_order:
             pusher.send(pk, partials.render_message(pk, record, kind))
         return
     send = pusher.send_here if here_only and pusher is sse else pusher.send
-    with store.locked(f"{store.collection_key(pk)}:publish"):
+    with _publish_lock(pk):
         send(pk, partials.render_message(pk, record, kind, notice=notice))
+
+
+def _publish_lock(pk: Any) -> Any:
+    """The lock under which user ``pk``'s lists (and, in GRIP mode, rows) are rendered and sent."""
+    return store.locked(f"{store.collection_key(pk)}:publish")
 
 
 class _Resync:
