@@ -38,9 +38,12 @@ system-deps:
         exit 1
     fi
 
+# How many processes run the suite (pytest-xdist, whole test files to a process; 0: this one alone).
+test_processes := env("ASYNC_DOWNLOADS_TEST_PROCESSES", "2")
+
 # Run the whole test suite (Redis, Celery workers, uvicorn and Chromium are real).
 test *args: setup system-deps
-    python -m pytest "$@"
+    python -m pytest -n {{test_processes}} --dist loadfile "$@"
 
 # The suite on Django 6 (needs Python 3.12+; found on PATH or under pyenv).
 test-django6 *args: system-deps
@@ -55,7 +58,7 @@ test-django6 *args: system-deps
     export UV_PROJECT_ENVIRONMENT="{{justfile_directory()}}/.venv-django6"
     uv sync --frozen --quiet --python "$py"
     "$UV_PROJECT_ENVIRONMENT/bin/python" -c "import django; print('Django', django.get_version())"
-    "$UV_PROJECT_ENVIRONMENT/bin/python" -m pytest "$@"
+    "$UV_PROJECT_ENVIRONMENT/bin/python" -m pytest -n {{test_processes}} --dist loadfile "$@"
 
 # Import contracts, strict type check of the app, and lint (the suite runs them too: tests/test_lint.py).
 lint: setup

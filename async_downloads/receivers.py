@@ -7,6 +7,9 @@
   (``cache.task_failed``), unless the task ended because its download was cancelled.
 - A user is deleted: their downloads are cleared, records and files (``cache.clear_user_downloads``).
 - A download finished (``events.download_finished``): its owner may get an e-mail (``async_downloads.notify``).
+- A download was created in GRIP mode (``events.download_changed_signal``): this process sweeps its
+  owner's downloads for stalls until none is active (``watch.Watching.hold``), as the pages' streams are
+  the proxy's and a page that started it may have made no stream request since.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from celery.signals import task_failure, task_postrun, task_prerun
 from django.contrib.auth import get_user_model
 from django.db.models.signals import post_delete
 
-from . import cache, events, jobs, notify
+from . import cache, events, grip, jobs, notify
 from .heartbeat import heartbeats
-from .records import CANCELLED_PATH, DownloadCancelled
+from .records import CANCELLED_PATH, CREATED, DownloadCancelled
+from .watch import watching
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +101,12 @@ def on_user_deleted(sender: Any = None, instance: Any = None, **extra: Any) -> N
         cache.clear_user_downloads(instance.pk)
 
 
+def on_download_changed(sender: Any = None, record: Any = None, kind: str = "", **extra: Any) -> None:
+    """``events.download_changed_signal``: in GRIP mode, a new download's owner is swept here."""
+    if kind == CREATED and grip.enabled():
+        watching.hold(record["user_id"])
+
+
 def connect() -> None:
     user_model = get_user_model()
     post_delete.connect(on_user_deleted, sender=user_model, dispatch_uid="async_downloads.receivers.on_user_deleted")
@@ -104,6 +114,7 @@ def connect() -> None:
     task_postrun.connect(on_task_postrun, dispatch_uid="async_downloads.receivers.on_task_postrun")
     task_failure.connect(on_task_failure, dispatch_uid="async_downloads.receivers.on_task_failure")
     events.download_finished.connect(notify.on_download_finished, dispatch_uid="async_downloads.notify")
+    events.download_changed_signal.connect(on_download_changed, dispatch_uid="async_downloads.receivers.created")
     for framework in jobs.tasks_frameworks():
         signals = importlib.import_module(f"{framework.__name__}.signals")
         uid = f"async_downloads.receivers.{{}}.{framework.__name__}"

@@ -38,7 +38,7 @@ from . import cache, compat, grip, sse, store
 from . import events as publishing
 from .channels import channel_for
 from .conf import settings
-from .watch import resync_open_pages, while_open
+from .watch import resync_open_pages, watching, while_open
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +149,7 @@ def held(request: HttpRequest) -> HttpResponseBase:
         return HttpResponseBadRequest(problem)
     request.user = user
     cache.fail_stalled(user)
+    watching.hold(user.pk)  # the proxy holds the stream: its downloads are swept while any is active
     return _held(request, user)
 
 

@@ -6,11 +6,16 @@ this process, a daemon thread calls ``cache.fail_stalled`` for them (every
 ``sweep_interval()`` seconds, at most every minute), and the failure is pushed
 to their pages like any other change. After an outage of the event bus,
 ``resync_open_pages`` brings every open page up to date.
+
+In GRIP mode the proxy holds the pages' streams and this process never learns
+when one closes: a user whose stream it answered is swept until none of their
+downloads is pending or running (``Watching.hold``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -41,15 +46,26 @@ class Watching:
 
     def __init__(self) -> None:
         self.pages: Counter[Any] = Counter()
+        #: Users swept until none of their downloads is active (GRIP mode: their pages' streams are the proxy's).
+        self.held: set[Any] = set()
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
 
     def add(self, pk: Any) -> None:
         with self.lock:
             self.pages[pk] += 1
-            if self.thread is None:
-                self.thread = threading.Thread(target=self.run, name="async-downloads-sweep", daemon=True)
-                self.thread.start()
+            self._start()
+
+    def hold(self, pk: Any) -> None:
+        """Sweep user ``pk`` until none of their downloads is pending or running."""
+        with self.lock:
+            self.held.add(pk)
+            self._start()
+
+    def _start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self.run, name="async-downloads-sweep", daemon=True)
+            self.thread.start()
 
     def discard(self, pk: Any) -> None:
         with self.lock:
@@ -58,15 +74,23 @@ class Watching:
                 del self.pages[pk]
 
     def users(self) -> list[Any]:
+        """The users with an open page here (for the resync after an outage)."""
         with self.lock:
             return list(self.pages)
+
+    def reset(self) -> None:
+        """Forget every user, in a forked child: its parent's pages are not its own."""
+        self.pages.clear()
+        self.held.clear()
+        self.lock = threading.Lock()
+        self.thread = None
 
     def run(self) -> None:
         last = time.monotonic()
         while True:
             time.sleep(min(TICK, sweep_interval()))
             with self.lock:
-                if not self.pages:
+                if not self.pages and not self.held:
                     self.thread = None
                     return
             self.check_cache_server()
@@ -87,14 +111,21 @@ class Watching:
             logger.warning("Could not check whether the cache server lost its data.", exc_info=True)
 
     def sweep(self) -> None:
-        for pk in self.users():
+        with self.lock:
+            held = set(self.held)
+            users = [*self.pages, *(held - set(self.pages))]
+        for pk in users:
             try:
                 cache.fail_stalled(pk)
+                if pk in held and not any(r["state"] not in records.FINISHED for r in cache.get_downloads_for_pk(pk)):
+                    with self.lock:
+                        self.held.discard(pk)
             except Exception:
                 logger.warning("Could not check the downloads of user %s for stalls.", pk, exc_info=True)
 
 
 watching = Watching()
+os.register_at_fork(after_in_child=watching.reset)
 
 
 def resync_open_pages(lost: bool | None = None) -> int:

@@ -114,6 +114,15 @@ def role_broadcast(params):
 # --------------------------------------------------------------------------- processes
 
 
+def closing(client):
+    """How a stream that should be open ended (or that it is still open), for the report's notes."""
+    if not client.closed.done():
+        return {"open": True, "status": client.status}
+    opened = client.opened.result() if client.opened.done() and not client.opened.exception() else None
+    return {"open": False, "status": client.status, "because": client.lost_because, "tail": client.tail,
+            "seconds_open": round(client.closed.result() - opened, 1) if opened else None}
+
+
 def children(pid):
     found = []
     try:
@@ -297,11 +306,15 @@ class PushpinBench(live.Bench):
             **{f"pushpin-{name}": pid for name, pid in self.proxy.pids().items()}, "worker": worker.pid})
         memory["pushpin_kb_per_stream_after_traffic"] = round(
             (await settled_rss_sum_kb(self.pushpin_pids(), 1.0) - proxy_before) / max(1, n), 2)
-        keep = clients[:RESTART_STREAMS]
-        await load.close_streams(clients[RESTART_STREAMS:])
+        # The restart counts the streams it drops: those it starts with are all open.
+        gone = [c for c in clients if c.closed.done()]
+        keep = [c for c in clients if not c.closed.done()][:RESTART_STREAMS]
+        await load.close_streams([c for c in clients if c not in set(keep)])
         restart = await self.restart(keep, [c.user for c in keep])
         await load.close_streams(keep)
         stop(worker)
+        memory["closed_before_restart"] = len(gone)
+        memory["closed_detail"] = [closing(c) for c in gone[:5]]
         return {"memory": memory, "broadcast": broadcast, "latency": latency, "restart": restart}
 
     #: bench/live.py's latency method with ``set_percentage`` probes only: its bare ``send_event``
@@ -340,7 +353,8 @@ class PushpinBench(live.Bench):
                   "publish_cpu_seconds": round(sum(p["cpu_seconds"] for p in parts), 2),
                   "pushpin_cpu_seconds": round(cpu_of(self.pushpin_pids()) - pp0, 2),
                   "errors": {k: v for p in parts for k, v in p["errors"].items()},
-                  "missed_closed": sum(1 for c in missed if c.closed.done())}
+                  "missed_closed": sum(1 for c in missed if c.closed.done()),
+                  "missed_detail": [closing(c) for c in missed[:5]]}
         log(f"broadcast: {got} of {len(clients)} streams got their user's event; all in "
             f"{result['all_received_seconds']} s (publishing took {result['publish_seconds']} s)")
         return result
@@ -554,12 +568,16 @@ def markdown(r):
         + f". Limits: client {lim['client_soft']:,} open files, condure {lim['condure_open_files']:,}, "
         f"condure's `client_maxconn` {lim['client_maxconn']:,}.", "",
         f"Broadcast: one change of each user's download, published by 2 processes (8 threads each) in "
-        f"{bc['publish_seconds']} s: **{bc['received']:,} of {bc['streams']:,}** streams got their user's event, "
-        f"all of them {bc['all_received_seconds']} s after the first publish ({bc['extra']} extra events); Pushpin "
+        f"{bc['publish_seconds']} s: **{bc['received']:,} of {bc['streams']:,}** streams got their user's event"
+        + (f", all of them {bc['all_received_seconds']} s after the first publish"
+           if bc["all_received_seconds"] else "")
+        + f" ({bc['extra']} extra events); Pushpin "
         f"used {bc['pushpin_cpu_seconds']} CPU s, the publishers {bc['publish_cpu_seconds']}."
         + (f" Errors: {bc['errors']}." if bc["errors"] else "")
         + (f" Of the {bc['streams'] - bc['received']:,} that did not, {bc.get('missed_closed', 0):,} had lost their "
-           "connection." if bc["received"] < bc["streams"] else ""), "",
+           f"connection: {bc.get('missed_detail')}." if bc["received"] < bc["streams"] else "")
+        + (f" {mem['closed_before_restart']:,} streams had closed before the restart, which starts with open ones "
+           f"only: {mem.get('closed_detail')}." if mem.get("closed_before_restart") else ""), "",
         "### Latency: `set_percentage` in a Celery worker → event at a client through Pushpin", "",
         md_table(["probe", "background load, achieved", "delivered to background streams", "probes", "p50 (ms)",
                   "p90 (ms)", "p99 (ms)", "max (ms)", "lost", "inside the call p50 / p99 (ms)",

@@ -165,6 +165,7 @@ class StreamClient(asyncio.Protocol):
         self.chunk_left = None
         self.text = ""
         self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.lost_because = self.tail = None  # how the connection ended, and what came last
 
     def connection_made(self, transport):
         self.transport = transport
@@ -235,6 +236,8 @@ class StreamClient(asyncio.Protocol):
         """One SSE event; subclasses keep what they need."""
 
     def connection_lost(self, exc):
+        self.lost_because = repr(exc) if exc is not None else "closed by the server"
+        self.tail = self.text[-300:] + bytes(self.raw[-300:]).decode("utf-8", "replace")
         if not self.opened.done():
             self.opened.set_exception(RuntimeError(f"closed before stream-open (status {self.status})"))
         if not self.closed.done():

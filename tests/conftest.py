@@ -5,9 +5,18 @@ import pytest
 import redis
 from django.conf import settings
 
-from async_downloads import dbstore, events, store
+from async_downloads import dbstore, events, store, watch
 from tests import stores
 from tests.processes import child_env, start_worker, stop
+
+#: The files that take longest, first: the processes of a parallel run (`just test`) then end on short ones.
+LONGEST_FIRST = ("test_demo.py", "test_faults.py", "test_concurrency.py", "test_load.py", "test_redis_outage.py")
+
+
+def pytest_collection_modifyitems(items):
+    """After pytest-randomly's shuffle: the longest files first, each still shuffled within."""
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
+               else len(LONGEST_FIRST))
 
 
 def pytest_generate_tests(metafunc):
@@ -18,6 +27,12 @@ def pytest_generate_tests(metafunc):
         if not marker and {"celery_worker", "web_server"} & set(metafunc.fixturenames):
             names = ("cache",)  # the session's worker and web server keep their records in the cache
         metafunc.parametrize("record_store", names, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings_xdist_suffix():
+    """No ``_gw0`` suffix: each pytest-xdist process has databases of its own already (its own
+    run id, tests/settings.py), and the processes it starts find them by those names."""
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -84,6 +99,8 @@ def _fresh_cache(redis_client):
         events._resync.pending.clear()
     with events._catch_ups.lock:
         events._catch_ups.due.clear()
+    with watch.watching.lock:
+        watch.watching.held.clear()  # its sweep thread ends at its next tick
     kept = (b"celery", b"kombu", b"async_downloads:epoch")
     keys = [k for k in _prefixed_keys(redis_client) if not any(part in k for part in kept)]
     if keys:

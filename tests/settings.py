@@ -15,6 +15,13 @@ REDIS_DB_URL = REDIS_URL.rsplit("/", 1)[0] + "/13"
 WORK_DIR = os.environ.setdefault(
     "ASYNC_DOWNLOADS_TEST_DIR", tempfile.mkdtemp(prefix=f"async-downloads-test-{RUN_ID}-")
 )
+# Each pytest-xdist process (gw0, gw1…) is a run of its own: prefix, queues, databases, files.
+# The processes it starts inherit both variables, set to its own (or to what a test gives them).
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _XDIST_WORKER and not os.environ.get("ASYNC_DOWNLOADS_TEST_CHILD"):
+    RUN_ID = os.environ["ASYNC_DOWNLOADS_TEST_RUN"] = f"{RUN_ID}-{_XDIST_WORKER}"
+    WORK_DIR = os.environ["ASYNC_DOWNLOADS_TEST_DIR"] = os.path.join(WORK_DIR, _XDIST_WORKER)
+    os.makedirs(WORK_DIR, exist_ok=True)
 
 # Long enough for the HMAC keys of the JWTs signed with it (PyJWT warns below 32 bytes).
 SECRET_KEY = "tests-only-not-secret-0c6f5b2e9a4d47e1b3a8f07d2c91e6b5"

@@ -18,7 +18,7 @@ from django.urls import reverse
 from django_eventstream import views as eventstream_views
 from django_grip import GripMiddleware
 
-from async_downloads import cache, channels, checks, events, grip, sse
+from async_downloads import cache, channels, checks, events, grip, sse, watch
 from async_downloads.channels import channel_for
 from tests.waits import wait_until
 
@@ -322,6 +322,23 @@ class TestCatchUp:
         events._catch_ups.flush()
         assert any('aria-valuenow="60"' in c and 'id="async-downloads-list"' in c
                    for c in published(grip_mode)[before:])
+
+
+class TestStallSweep:
+    """The proxy holds the pages' streams: a user is swept here while any of their downloads is active."""
+
+    def test_a_held_stream_has_its_user_swept(self, grip_mode, client_for, alice):
+        cache.init_download(alice, "orders.csv")
+        assert through_proxy(client_for(alice), HELD).status_code == 200
+        assert watch.watching.held == {alice.pk}
+
+    def test_a_download_created_has_its_owner_swept(self, grip_mode, alice):
+        cache.init_download(alice, "orders.csv")
+        assert watch.watching.held == {alice.pk}
+
+    def test_not_without_grip(self, alice):
+        cache.init_download(alice, "orders.csv")
+        assert not watch.watching.held
 
 
 class TestChannelManagerAsAGate:

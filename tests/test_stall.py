@@ -189,6 +189,29 @@ class TestOpenPages:
         assert cache.get_download(bobs)["state"] == "running", "nobody watches bob: nothing sweeps his"
         wait_until(lambda: watching.thread is None, timeout=5, what="the sweep to stop with nobody watched")
 
+    def test_a_held_user_is_swept_until_none_of_their_downloads_is_active(self, alice, bob, short_timeout, failures):
+        """GRIP mode: the proxy holds the page's stream, so the user is swept until their downloads end."""
+        watching = watch.Watching()
+        key, bobs = running(alice), running(bob)
+        watching.hold(alice.pk)
+        wait_until(lambda: failures, timeout=5, what="the sweep to publish the failure")
+        assert (cache.get_download(key)["state"], failures) == ("error", [key])
+        wait_until(lambda: watching.thread is None, timeout=5, what="the sweep to stop once alice has nothing active")
+        assert not watching.held and not watching.users(), "no page of alice is known to be open here"
+        assert cache.get_download(bobs)["state"] == "running", "nobody watches bob: nothing sweeps his"
+
+    def test_a_held_user_whose_download_runs_on_stays_swept_until_it_ends(self, alice, failures):
+        watching = watch.Watching()
+        _, failed = cache.init_download(alice, "failed.csv")
+        cache.set_error(failed, "The export failed.")
+        key = running(alice)  # the default stall timeout: a live download
+        watching.hold(alice.pk)
+        watching.sweep()
+        assert watching.held == {alice.pk} and cache.get_download(key)["state"] == "running"
+        cache.set_error(key, "The export failed.")
+        watching.sweep()
+        assert not watching.held
+
     @pytest.mark.django_db(transaction=True)
     def test_opening_the_stream_fails_stalled_downloads(self, web_server, alice):
         key = running(alice)
