@@ -148,9 +148,10 @@ def held(request: HttpRequest) -> HttpResponseBase:
     if problem:
         return HttpResponseBadRequest(problem)
     request.user = user
-    cache.fail_stalled(user)
+    failed = cache.fail_stalled(user)
     watching.hold(user.pk)  # the proxy holds the stream: its downloads are swept while any is active
-    return _held(request, user)
+    # What was failed just now went out before the proxy subscribed: the page gets it in the answer.
+    return _held(request, user, whole_centre=bool(failed))
 
 
 def _active_user(pk: str) -> Any:
@@ -162,9 +163,9 @@ def _active_user(pk: str) -> Any:
     return user if getattr(user, "is_active", True) else None
 
 
-def _held(request: HttpRequest, user: Any) -> HttpResponseBase:
+def _held(request: HttpRequest, user: Any, whole_centre: bool = False) -> HttpResponseBase:
     """The proxy's instructions: the events since the request's id (the whole centre where
-    they are too many or gone), then hold the stream on the user's channel."""
+    they are too many or gone, or with ``whole_centre``), then hold the stream on the user's channel."""
     try:
         event_request = EventRequest(request, view_kwargs={"async_downloads": True})
         reply = eventstream.get_events(event_request)
@@ -174,7 +175,7 @@ def _held(request: HttpRequest, user: Any) -> HttpResponseBase:
     channel = channel_for(user.pk)
     found = reply.channel_items.get(channel, [])
     last_id = reply.channel_last_ids.get(channel)
-    if channel in reply.channel_more or channel in reply.channel_reset:
+    if whole_centre or channel in reply.channel_more or channel in reply.channel_reset:
         found = [sse.centre_event(user.pk, channel)]
     if found:
         last_id = found[-1].id

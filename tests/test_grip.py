@@ -332,6 +332,15 @@ class TestStallSweep:
         assert through_proxy(client_for(alice), HELD).status_code == 200
         assert watch.watching.held == {alice.pk}
 
+    def test_a_download_failed_as_the_stream_opens_is_in_the_answer(self, grip_mode, client_for, alice, settings):
+        """Published before the proxy subscribed the stream, its failure would reach no page otherwise."""
+        _, key = cache.init_download(alice, "orders.csv")
+        cache.set_percentage(key, 30)
+        settings.ASYNC_DOWNLOADS_STALL_TIMEOUT = 0.2
+        time.sleep(0.3)
+        (_, centre), = sse_events(through_proxy(client_for(alice), HELD))
+        assert f'id="download-{key}"' in centre and "The export stopped responding." in centre
+
     def test_a_download_created_has_its_owner_swept(self, grip_mode, alice):
         cache.init_download(alice, "orders.csv")
         assert watch.watching.held == {alice.pk}

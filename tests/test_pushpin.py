@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 KEY = secrets.token_hex(24)
 QUEUE = settings.CELERY_TASK_DEFAULT_QUEUE + "-grip"  # tests/grip_settings.py's default queue
 EVENTS = "/async_downloads/events/held/"  # what the centre connects to in GRIP mode
+STALLED = "The export stopped responding."
 
 
 class Site:
@@ -49,8 +50,9 @@ class Site:
         ping.apply_async(queue=QUEUE).get(timeout=60)
         return self
 
-    def start_web(self):
-        self.web, self.web_url = start_gunicorn("tests.wsgi:application", self.env, port=self.web_port, workers=2)
+    def start_web(self, **env):
+        self.web, self.web_url = start_gunicorn("tests.wsgi:application", {**self.env, **env}, port=self.web_port,
+                                                workers=2)
 
     def stop(self):
         stop(self.worker)
@@ -206,6 +208,33 @@ def test_restarting_gunicorn_under_open_streams_drops_none_and_loses_nothing(gri
         seen = wait_for(reader, key, 30)
         assert percentages(seen, key) == [20, 30]
         assert reader.connections == 1
+
+
+def test_a_download_that_stalls_while_pushpin_holds_its_page_fails_there_without_a_request(grip, alice, bob):
+    """No web process holds the stream: the one that answered it sweeps the user while a download is active."""
+    stop(grip.web)
+    grip.start_web(ASYNC_DOWNLOADS_TEST_SET_STALL_TIMEOUT="3")  # swept every 0.75 s
+    try:
+        for _ in range(4):  # both sync workers load the stream's modules before the test's request
+            assert httpx.get(grip.web_url + EVENTS, timeout=10).status_code == 421
+        _, key = cache.init_download(alice, "report.csv")
+        _, bobs = cache.init_download(bob, "report.csv")
+        cache.set_percentage(key, 10)
+        cache.set_percentage(bobs, 10)
+        reported = time.monotonic()
+        with stream(grip, alice) as reader:
+            assert cache.get_download(key)["state"] == "running", "the stream request came too late to tell"
+            seen = []
+            while not any(STALLED in e["data"] for e in seen) and time.monotonic() < reported + 20:
+                seen += reader.drain(wait=0.2)
+            failed_after = time.monotonic() - reported
+        assert any(STALLED in e["data"] for e in seen), f"no failure reached the page: {seen}"
+        assert 3 <= failed_after < 10, failed_after
+        assert cache.get_download(key)["state"] == "error"
+        assert cache.get_download(bobs)["state"] == "running", "no page of bob's was held: nothing swept his"
+    finally:
+        stop(grip.web)
+        grip.start_web()
 
 
 def test_restarting_pushpin_clients_reconnect_with_their_last_id_and_miss_nothing(grip, alice):
