@@ -213,13 +213,36 @@ def fail_stalled(user: Any) -> list[str]:
     the web process calls it for the users whose pages are open
     (``async_downloads.watch``). Reads never do this.
     """
-    failed = []
-    for record in store.read_downloads(user_pk(user)):
+    failed, _ = _fail_stalled_among(store.read_downloads(user_pk(user)))
+    return failed
+
+
+def sweep(pks: list[Any]) -> set[Any]:
+    """``fail_stalled`` for each user of ``pks``, their records read at once (``async_downloads.watch``'s
+    sweep); returns those of them who still have a download pending or running."""
+    active = set()
+    for pk, found in store.read_downloads_of(pks).items():
+        try:
+            if _fail_stalled_among(found)[1]:
+                active.add(pk)
+        except Exception:
+            active.add(pk)  # looked at again next time
+            logger.warning("Could not check the downloads of user %s for stalls.", pk, exc_info=True)
+    return active
+
+
+def _fail_stalled_among(found: list[Record]) -> tuple[list[str], bool]:
+    """Fail the stalled ones of a user's records, mark the waiting ones; the keys failed, and
+    whether any download is left pending or running."""
+    failed, active = [], False
+    for record in found:
         if _is_stalled(record) and _fail_stalled(record["key"]):
             failed.append(record["key"])
-        elif _newly_waiting(record):
+            continue
+        if _newly_waiting(record):
             _mark_waiting(record["key"])
-    return failed
+        active = active or record["state"] not in records.FINISHED
+    return failed, active
 
 
 def _is_stalled(record: Record) -> bool:

@@ -156,6 +156,20 @@ def read_downloads(user_id: Any) -> list[Record]:
     return _patiently(lambda: [to_record(row) for row in _live().filter(user_id=user_id).order_by("-created")])
 
 
+def read_downloads_of(user_ids: list[Any]) -> dict[Any, list[Record]]:
+    """``read_downloads`` of each of ``user_ids``, in one query."""
+
+    def call() -> dict[Any, list[Record]]:
+        result: dict[Any, list[Record]] = {user_id: [] for user_id in user_ids}
+        by_text = {str(user_id): user_id for user_id in user_ids}
+        for row in _live().filter(user_id__in=user_ids).order_by("-created"):
+            record = to_record(row)
+            result[by_text[str(record["user_id"])]].append(record)
+        return result
+
+    return _patiently(call)
+
+
 def live_keys(keys: list[str]) -> set[str]:
     return _patiently(lambda: {str(pk) for pk in _live().filter(pk__in=keys).values_list("pk", flat=True)})
 

@@ -46,8 +46,9 @@ class Watching:
 
     def __init__(self) -> None:
         self.pages: Counter[Any] = Counter()
-        #: Users swept until none of their downloads is active (GRIP mode: their pages' streams are the proxy's).
-        self.held: set[Any] = set()
+        #: Users swept until none of their downloads is active (GRIP mode: their pages' streams are the
+        #: proxy's), with when they were last held.
+        self.held: dict[Any, float] = {}
         self.lock = threading.Lock()
         self.thread: threading.Thread | None = None
 
@@ -59,7 +60,7 @@ class Watching:
     def hold(self, pk: Any) -> None:
         """Sweep user ``pk`` until none of their downloads is pending or running."""
         with self.lock:
-            self.held.add(pk)
+            self.held[pk] = time.monotonic()
             self._start()
 
     def _start(self) -> None:
@@ -111,17 +112,20 @@ class Watching:
             logger.warning("Could not check whether the cache server lost its data.", exc_info=True)
 
     def sweep(self) -> None:
+        """One look at every watched user's downloads, read at once; a held user with none active is let go."""
+        started = time.monotonic()
         with self.lock:
-            held = set(self.held)
-            users = [*self.pages, *(held - set(self.pages))]
-        for pk in users:
-            try:
-                cache.fail_stalled(pk)
-                if pk in held and not any(r["state"] not in records.FINISHED for r in cache.get_downloads_for_pk(pk)):
-                    with self.lock:
-                        self.held.discard(pk)
-            except Exception:
-                logger.warning("Could not check the downloads of user %s for stalls.", pk, exc_info=True)
+            users = [*self.pages, *(pk for pk in self.held if pk not in self.pages)]
+        if not users:
+            return
+        try:
+            active = cache.sweep(users)
+        except Exception:
+            logger.warning("Could not check the downloads of %s users for stalls.", len(users), exc_info=True)
+            return
+        with self.lock:  # a user held again since the look stays
+            for pk in [pk for pk, since in self.held.items() if pk not in active and since < started]:
+                del self.held[pk]
 
 
 watching = Watching()

@@ -143,6 +143,7 @@ def role_setup(params):
         session[HASH_SESSION_KEY] = user.get_session_auth_hash()
         session.save()
         _, key = cache.init_download(user, f"{user.username}.csv", name=f"Export for {user.username}")
+        cache.set_percentage(key, 0)  # in progress: its task has started (no "waiting for a worker")
         return {"pk": user.pk, "cookie": session.session_key, "key": key, "url": partials.events_url(user.pk)}
 
     with ThreadPoolExecutor(8) as pool:

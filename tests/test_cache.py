@@ -121,6 +121,15 @@ class TestReading:
     def test_a_user_without_downloads_has_none(self, alice):
         assert cache.get_downloads(alice) == []
 
+    def test_the_downloads_of_several_users_are_read_at_once(self, alice, bob, django_user_model):
+        carol = django_user_model.objects.create_user("carol", password="carol-pw")
+        mine = [cache.init_download(alice, f"{n}.csv")[1] for n in range(2)]
+        _, theirs = cache.init_download(bob, "theirs.csv")
+        found = store.read_downloads_of([alice.pk, bob.pk, carol.pk])
+        assert {pk: [r["key"] for r in records] for pk, records in found.items()} == {
+            alice.pk: mine[::-1], bob.pk: [theirs], carol.pk: []}
+        assert found[alice.pk] == cache.get_downloads(alice)
+
     def test_get_user_download_checks_the_owner(self, alice, bob):
         _, key = cache.init_download(alice, "mine.csv")
         assert cache.get_user_download(alice, key)["key"] == key

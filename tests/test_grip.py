@@ -330,7 +330,7 @@ class TestStallSweep:
     def test_a_held_stream_has_its_user_swept(self, grip_mode, client_for, alice):
         cache.init_download(alice, "orders.csv")
         assert through_proxy(client_for(alice), HELD).status_code == 200
-        assert watch.watching.held == {alice.pk}
+        assert list(watch.watching.held) == [alice.pk]
 
     def test_a_download_failed_as_the_stream_opens_is_in_the_answer(self, grip_mode, client_for, alice, settings):
         """Published before the proxy subscribed the stream, its failure would reach no page otherwise."""
@@ -343,7 +343,7 @@ class TestStallSweep:
 
     def test_a_download_created_has_its_owner_swept(self, grip_mode, alice):
         cache.init_download(alice, "orders.csv")
-        assert watch.watching.held == {alice.pk}
+        assert list(watch.watching.held) == [alice.pk]
 
     def test_not_without_grip(self, alice):
         cache.init_download(alice, "orders.csv")

@@ -200,6 +200,32 @@ class TestOpenPages:
         assert not watching.held and not watching.users(), "no page of alice is known to be open here"
         assert cache.get_download(bobs)["state"] == "running", "nobody watches bob: nothing sweeps his"
 
+    def test_one_sweep_fails_each_users_stalled_downloads_and_names_who_is_still_active(
+            self, alice, bob, django_user_model, short_timeout, failures):
+        carol = django_user_model.objects.create_user("carol", password="carol-pw")
+        stalled, fresh = running(alice), running(bob)
+        silent_for(stalled, 3600)
+        _, done = cache.init_download(carol, "done.csv")
+        cache.set_error(done, "The export failed.")
+        failures.clear()
+        assert cache.sweep([alice.pk, bob.pk, carol.pk]) == {bob.pk}
+        assert failures == [stalled] and cache.get_download(fresh)["state"] == "running"
+
+    def test_a_user_held_again_while_the_sweep_looks_stays_held(self, alice, monkeypatch):
+        watching = watch.Watching()
+        watching.hold(alice.pk)
+
+        def sweep(pks):
+            watching.hold(alice.pk)  # a new download of alice's, say, created meanwhile
+            return set()
+
+        monkeypatch.setattr(cache, "sweep", sweep)
+        watching.sweep()
+        assert list(watching.held) == [alice.pk]
+        monkeypatch.setattr(cache, "sweep", lambda pks: set())
+        watching.sweep()
+        assert not watching.held
+
     def test_a_held_user_whose_download_runs_on_stays_swept_until_it_ends(self, alice, failures):
         watching = watch.Watching()
         _, failed = cache.init_download(alice, "failed.csv")
@@ -207,7 +233,7 @@ class TestOpenPages:
         key = running(alice)  # the default stall timeout: a live download
         watching.hold(alice.pk)
         watching.sweep()
-        assert watching.held == {alice.pk} and cache.get_download(key)["state"] == "running"
+        assert list(watching.held) == [alice.pk] and cache.get_download(key)["state"] == "running"
         cache.set_error(key, "The export failed.")
         watching.sweep()
         assert not watching.held
