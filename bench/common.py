@@ -1,4 +1,4 @@
-"""Small helpers of the benchmarks' drivers (no Django here: the drivers never set it up)."""
+"""Small helpers of the benchmarks' drivers (no Django here, but in ``run_child``: the drivers never set it up)."""
 
 import os
 import sys
@@ -8,6 +8,26 @@ from devtools.processes import cpu_seconds
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH_DIR)
+
+
+def child_result(function, params):
+    """In a child process: set Django up, run ``function(**params)`` and print its result as one JSON
+    line, with what the app logged at WARNING or above meanwhile (``logged_problems``)."""
+    import json
+    import logging
+
+    import django
+
+    django.setup()
+    problems = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            problems.append(f"{record.levelname} {record.name}: {record.getMessage()}"[:300])
+
+    logging.getLogger("async_downloads").addHandler(Collect(logging.WARNING))
+    result = function(**params)
+    sys.stdout.write(json.dumps({**result, "logged_problems": problems}) + "\n")
 
 
 def log(message):

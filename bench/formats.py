@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from bench.common import ROOT, how_measured, log, md_table, wait_quiet
+from bench.common import ROOT, child_result, how_measured, log, md_table, wait_quiet
 
 SIZES = tuple(int(n) for n in os.environ.get("ADBENCH_FORMATS_SIZES", "100000,1000000").split(","))
 FORMATS = {"xlsx": 1.15, "jsonl": 1.20}  # format -> the slowdown allowed against its bare loop
@@ -200,20 +200,7 @@ WORKERS = {"export": export_worker, "zip": zip_worker}
 
 
 def worker_main(name, params):
-    import logging
-
-    import django
-
-    django.setup()
-    problems = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            problems.append(f"{record.levelname} {record.name}: {record.getMessage()}"[:300])
-
-    logging.getLogger("async_downloads").addHandler(Collect(logging.WARNING))
-    result = WORKERS[name](**params)
-    sys.stdout.write(json.dumps({**result, "logged_problems": problems}) + "\n")
+    child_result(WORKERS[name], params)
 
 
 # --------------------------------------------------------------------------- the driver

@@ -36,7 +36,7 @@ QUICK = os.environ.get("ADBENCH_LIVE_QUICK") == "1"
 TARGET_P99_MS, TARGET_KB_PER_STREAM, TARGET_CPU_RATIO = 25.0, 64.0, 10.0
 CONNECTIONS = 200 if QUICK else 2000  # idle authenticated streams on web-bg
 RATE = 100.0 if QUICK else 500.0  # set_percentage calls per second on the background users' downloads
-LOAD_PROCS, LOAD_THREADS, LOAD_WARMUP = 2, 8, 5.0
+LOAD_PROCS, LOAD_THREADS, LOAD_WARMUP = 2, 32, 5.0  # threads enough for the rate at tens of ms a call
 PROBES, PROBE_WARMUP, PROBE_RATE = (100 if QUICK else 500), 10, 20.0  # per kind of probe
 CPU_CLIENTS = 50 if QUICK else 200  # clients watching the exports of the CPU section
 CPU_SECONDS = 10.0 if QUICK else 30.0  # length of the watched export
@@ -237,13 +237,22 @@ class Counter(load.StreamClient):
         super().__init__(request)
         self.count, self.tail = 0, b""
 
+    def reset_parsing(self):
+        super().reset_parsing()
+        self.tail = b""
+
     def body_received(self, data, now):
         # The body without its chunk framing: an event the proxy wrote in two chunks still counts once.
         window = self.tail + self.payload(data)  # the tail's own marks were counted with the data before
         self.count += window.count(b"event: downloads") - self.tail.count(b"event: downloads")
         if not self.opened.done() and b"event: stream-open" in window:
             self.opened.set_result(now)
-        self.tail = window[-20:]
+        if self.reconnect:  # the last id, to come back with
+            mark = window.rfind(b"\nid: ")
+            end = window.find(b"\n", mark + 5)
+            if mark >= 0 and end > 0:
+                self.last_id = window[mark + 5:end].decode()
+        self.tail = window[-200:] if self.reconnect else window[-20:]
 
 
 class Probe(load.StreamClient):
@@ -365,12 +374,16 @@ class Bench:
         self.children.append(process)
         return process, int(url.rsplit(":", 1)[1])
 
-    async def streams(self, port, users, factory=Counter, urls=None, concurrency=32, retry=False, stats=None):
-        """Open a stream of each of ``users``; each client knows its ``user``. ``retry``: as htmx does."""
+    async def streams(self, port, users, factory=Counter, urls=None, concurrency=32, retry=False, stats=None,
+                      reconnect=None):
+        """Open a stream of each of ``users``; each client knows its ``user``. ``retry``: as htmx does;
+        ``reconnect`` (seconds): a stream the server ends is opened again, as EventSource does."""
 
         def client(u, url):
             protocol = factory(load.stream_request(port, url, self.cookie_name, u["cookie"]))
             protocol.user = u
+            if reconnect is not None:
+                protocol.reconnect = (port, reconnect)
             return protocol
 
         clients, failures = await load.open_streams([

@@ -36,6 +36,8 @@ from . import live
 from .common import ROOT, child_env, how_measured, log, md_table, others_cpus, snapshot, summary
 
 STREAMS = int(os.environ.get("ADBENCH_PUSHPIN_STREAMS", "10000"))  # idle authenticated streams through Pushpin
+#: How long a browser's EventSource waits before it opens a stream the server ended (Chromium: 3 s).
+EVENTSOURCE_RETRY = 3.0
 RESTART_STREAMS = min(STREAMS, int(os.environ.get("ADBENCH_PUSHPIN_RESTART_STREAMS", "2000")))
 RESTART_RATE = 200.0  # changes per second published to the restart's streams while the web processes restart
 WITH_UVICORN = os.environ.get("ADBENCH_PUSHPIN_UVICORN", "1") != "0"
@@ -119,7 +121,7 @@ def closing(client):
     if not client.closed.done():
         return {"open": True, "status": client.status}
     opened = client.opened.result() if client.opened.done() and not client.opened.exception() else None
-    return {"open": False, "status": client.status, "because": client.lost_because, "tail": client.tail,
+    return {"open": False, "status": client.status, "because": client.lost_because, "tail": client.last_words,
             "seconds_open": round(client.closed.result() - opened, 1) if opened else None}
 
 
@@ -279,7 +281,7 @@ class PushpinBench(live.Bench):
         # stream refused (the web processes' listen queue full: Pushpin answers 502) is opened again as htmx does.
         opening = {}
         clients, failures = await self.streams(self.port, self.users["bg"], concurrency=len(self.users["bg"]),
-                                               retry=True, stats=opening)
+                                               retry=True, stats=opening, reconnect=EVENTSOURCE_RETRY)
         connect_seconds = time.monotonic() - t0
         await asyncio.sleep(2.0)
         settle_seconds = 2.0 + await until_idle(self.web_pids(), 30 + len(clients) / 8)
@@ -287,10 +289,13 @@ class PushpinBench(live.Bench):
         web_after, proxy_after = await asyncio.gather(settled_rss_sum_kb(self.web_pids()),
                                                       settled_rss_sum_kb(self.pushpin_pids()))
         n = len(clients)
+        came_back = [c for c in clients if c.reconnects]
         by_process = {name: live.rss_kb(pid) for name, pid in self.proxy.pids().items()}
         memory = {"streams": n, "failed": len(failures), "failures": failures[:3],
                   "connect_seconds": round(connect_seconds, 1), "settle_seconds": round(settle_seconds, 1),
-                  "retries": opening["retries"],
+                  "retries": opening["retries"], "reconnected": len(came_back),
+                  "reconnected_detail": [{"because": c.lost_because, "last": c.last_words[-120:] if c.last_words
+                                          else c.last_words, "status": c.status} for c in came_back[:3]],
                   "web_cpu_seconds_to_open": round(web_cpu, 2), "web_cpu_ms_per_stream": round(web_cpu * 1000 / n, 2),
                   "web_kb_before": web_before, "web_kb_after": web_after,
                   "web_growth_mb": round((web_after - web_before) / 1024, 2),
@@ -354,6 +359,7 @@ class PushpinBench(live.Bench):
                   "pushpin_cpu_seconds": round(cpu_of(self.pushpin_pids()) - pp0, 2),
                   "errors": {k: v for p in parts for k, v in p["errors"].items()},
                   "missed_closed": sum(1 for c in missed if c.closed.done()),
+                  "reconnected_by_then": sum(1 for c in clients if c.reconnects),
                   "missed_detail": [closing(c) for c in missed[:5]]}
         log(f"broadcast: {got} of {len(clients)} streams got their user's event; all in "
             f"{result['all_received_seconds']} s (publishing took {result['publish_seconds']} s)")
@@ -365,6 +371,7 @@ class PushpinBench(live.Bench):
         publisher = await self.child("publish", {"entries": entries, "rate": RESTART_RATE, "threads": 4})
         await self.read(publisher)
         base = [c.count for c in clients]
+        reconnects_before = [c.reconnects for c in clients]
         publisher.send({"op": "go"})
         steps, t0 = [], time.monotonic()
         await asyncio.sleep(2.0)
@@ -385,7 +392,9 @@ class PushpinBench(live.Bench):
             lost += max(0, sent - got)
             extra += max(0, got - sent)
         dropped = sum(1 for c in clients if c.closed.done())
-        result = {"streams": len(clients), "dropped": dropped, "published": sum(counts), "lost": lost,
+        reconnected = sum(1 for c, r in zip(clients, reconnects_before, strict=True) if c.reconnects > r)
+        result = {"streams": len(clients), "dropped": dropped, "reconnected": reconnected,
+                  "published": sum(counts), "lost": lost,
                   "extra": extra, "seconds": round(time.monotonic() - t0, 1), "rate": RESTART_RATE,
                   "publish_errors": part["errors"], "steps": steps}
         log(f"restart: {dropped} of {len(clients)} streams dropped, {lost} of {sum(counts)} events lost")
@@ -560,7 +569,11 @@ def markdown(r):
         ]), "",
         f"Opened all at once in {mem['connect_seconds']} s ({mem['failed']} failed; {mem.get('retries', 0):,} "
         "refused first, 502 from Pushpin while the web processes' listen queues were full, and opened again after "
-        f"the htmx SSE extension's wait), then {mem['settle_seconds']} s "
+        f"the htmx SSE extension's wait"
+        + (f"; {mem['reconnected']:,} that Pushpin ended just after their answer were opened again "
+           f"{EVENTSOURCE_RETRY:.0f} s later with their last id, as EventSource does: {mem['reconnected_detail']}"
+           if mem.get("reconnected") else "")
+        + f"), then {mem['settle_seconds']} s "
         "until the web processes were idle (each looks at a new stream's channel once, a second after answering it); "
         f"they spent {mem['web_cpu_seconds_to_open']} CPU s on them ({mem['web_cpu_ms_per_stream']} ms per stream: "
         "the stream request and that look). Pushpin's processes after: "
@@ -588,9 +601,10 @@ def markdown(r):
         + (f" Load errors: {lat['load_errors']}." if lat["load_errors"] else ""),
         "",
         f"### Rolling restart of the web processes under {rs['streams']:,} open streams", "",
-        md_table(["streams", "dropped", "events published meanwhile", "lost", "extra", "window (s)",
+        md_table(["streams", "dropped", "reconnected", "events published meanwhile", "lost", "extra", "window (s)",
                   "each web process down (s)"],
-                 [[f"{rs['streams']:,}", f"**{rs['dropped']}**", f"{rs['published']:,} at {rs['rate']:.0f}/s",
+                 [[f"{rs['streams']:,}", f"**{rs['dropped']}**", rs.get("reconnected", 0),
+                   f"{rs['published']:,} at {rs['rate']:.0f}/s",
                    f"**{rs['lost']}**", rs["extra"], rs["seconds"],
                    ", ".join(str(s["down_seconds"]) for s in rs["steps"])]]), "",
         f"### Web-process CPU while {cpu['clients']} clients watch a {cpu['seconds']:.0f}-second export", "",

@@ -30,7 +30,7 @@ if sys.path and os.path.abspath(sys.path[0] or ".") == BENCH_DIR:
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 RUN = os.environ.setdefault("ADBENCH_RUN", uuid.uuid4().hex[:8])  # in every key of this run (bench/base_settings.py)
 
-from bench.common import how_measured, log, md_table, wait_quiet  # noqa: E402
+from bench.common import child_result, how_measured, log, md_table, wait_quiet  # noqa: E402
 
 REPORT_JSON = os.path.join(BENCH_DIR, "report.json")
 REPORT_MD = os.path.join(BENCH_DIR, "report.md")
@@ -80,20 +80,7 @@ def run_worker(name, **params):
 
 
 def worker_main(name, params):
-    import logging
-
-    import django
-
-    django.setup()
-    problems = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            problems.append(f"{record.levelname} {record.name}: {record.getMessage()}"[:300])
-
-    logging.getLogger("async_downloads").addHandler(Collect(logging.WARNING))
-    result = WORKERS[name](**params)
-    sys.stdout.write(json.dumps({**result, "logged_problems": problems}) + "\n")
+    child_result(WORKERS[name], params)
 
 
 def peak_rss_bytes():

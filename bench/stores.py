@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from devtools import postgres_server
 
-from .common import ROOT, child_env, how_measured, log, md_table, percentile, snapshot, wait_quiet
+from .common import ROOT, child_env, child_result, how_measured, log, md_table, percentile, snapshot, wait_quiet
 
 RUN = os.environ.get("ADBENCH_RUN", "0")
 WRITES = 2_000  # per transport
@@ -61,20 +61,7 @@ def machine_line(loads, waited, what):
 
 
 def child_main(op, params):
-    import logging
-
-    import django
-
-    django.setup()
-    problems = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            problems.append(f"{record.levelname} {record.name}: {record.getMessage()}"[:300])
-
-    logging.getLogger("async_downloads").addHandler(Collect(logging.WARNING))
-    result = {"migrate": migrate, "measure": measure}[op](**params)
-    sys.stdout.write(json.dumps({**result, "logged_problems": problems}) + "\n")
+    child_result({"migrate": migrate, "measure": measure}[op], params)
 
 
 def migrate(databases):

@@ -152,6 +152,12 @@ class StreamClient(asyncio.Protocol):
     """One EventSource. ``opened`` resolves at ``stream-open``, ``closed`` when the connection ends;
     ``body_received`` decodes the chunked body and calls ``on_event`` for each SSE event."""
 
+    #: ``(port, seconds)``: a stream that the server ends after it opened is opened again after that
+    #: wait, with its last event id, as a browser's EventSource does (``reconnects`` counts them, at
+    #: most ``MAX_RECONNECTS``); ``None``: it stays closed.
+    reconnect = None
+    MAX_RECONNECTS = 5
+
     def __init__(self, request):
         loop = asyncio.get_running_loop()
         self.request = request
@@ -165,7 +171,13 @@ class StreamClient(asyncio.Protocol):
         self.chunk_left = None
         self.text = ""
         self.decoder = codecs.getincrementaldecoder("utf-8")()
-        self.lost_because = self.tail = None  # how the connection ended, and what came last
+        self.lost_because = self.last_words = None  # how the connection ended, and what came last
+        self.last_id, self.reconnects, self.closing = None, 0, False
+
+    def reset_parsing(self):
+        """A new connection's answer is read from its start."""
+        self.head, self.status, self.in_body, self.raw, self.chunk_left = b"", None, False, bytearray(), None
+        self.text, self.decoder = "", codecs.getincrementaldecoder("utf-8")()
 
     def connection_made(self, transport):
         self.transport = transport
@@ -226,7 +238,7 @@ class StreamClient(asyncio.Protocol):
                     elif field == "data":
                         lines.append(value)
                     elif field == "id":
-                        event_id = value
+                        event_id = self.last_id = value
                 if event == "stream-open" and not self.opened.done():
                     self.opened.set_result(now)
                 if lines or event != "message":
@@ -237,13 +249,36 @@ class StreamClient(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.lost_because = repr(exc) if exc is not None else "closed by the server"
-        self.tail = self.text[-300:] + bytes(self.raw[-300:]).decode("utf-8", "replace")
+        self.last_words = self.text[-300:] + bytes(self.raw[-300:]).decode("utf-8", "replace")
+        opened = self.opened.done() and not self.opened.cancelled() and self.opened.exception() is None
+        if self.reconnect and opened and not self.closing and self.reconnects < self.MAX_RECONNECTS:
+            self.reconnects += 1
+            asyncio.get_running_loop().create_task(self.again())
+            return
         if not self.opened.done():
             self.opened.set_exception(RuntimeError(f"closed before stream-open (status {self.status})"))
         if not self.closed.done():
             self.closed.set_result(time.time())
 
+    async def again(self):
+        """Open the stream again after the wait, with ``Last-Event-ID``; closed for good if it cannot."""
+        port, wait = self.reconnect
+        await asyncio.sleep(wait)
+        if not self.closing:
+            self.reset_parsing()
+            if self.last_id is not None:
+                base = self.request.split(b"\r\nLast-Event-ID: ", 1)[0].removesuffix(b"\r\n\r\n")
+                self.request = base + f"\r\nLast-Event-ID: {self.last_id}\r\n\r\n".encode()
+            try:
+                await asyncio.get_running_loop().create_connection(lambda: self, "127.0.0.1", port)
+                return
+            except OSError as error:
+                self.lost_because = repr(error)
+        if not self.closed.done():
+            self.closed.set_result(time.time())
+
     def close(self):
+        self.closing = True
         if self.transport is not None:
             self.transport.close()
 
