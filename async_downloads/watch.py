@@ -31,6 +31,8 @@ MIN_INTERVAL: Final = 0.1
 MAX_INTERVAL: Final = 60.0
 # The sweep thread looks at the clock (and the setting) at least this often.
 TICK: Final = 1.0
+#: Users whose downloads one read of the sweep takes: few round trips, and little memory at a time.
+SWEEP_BATCH: Final = 100
 
 
 def sweep_interval() -> float:
@@ -112,17 +114,19 @@ class Watching:
             logger.warning("Could not check whether the cache server lost its data.", exc_info=True)
 
     def sweep(self) -> None:
-        """One look at every watched user's downloads, read at once; a held user with none active is let go."""
+        """One look at every watched user's downloads, read ``SWEEP_BATCH`` users at a time; a held user
+        with none active is let go (one whose look failed is looked at again next time)."""
         started = time.monotonic()
         with self.lock:
             users = [*self.pages, *(pk for pk in self.held if pk not in self.pages)]
-        if not users:
-            return
-        try:
-            active = cache.sweep(users)
-        except Exception:
-            logger.warning("Could not check the downloads of %s users for stalls.", len(users), exc_info=True)
-            return
+        active: set[Any] = set()
+        for start in range(0, len(users), SWEEP_BATCH):
+            batch = users[start:start + SWEEP_BATCH]
+            try:
+                active |= cache.sweep(batch)
+            except Exception:
+                active.update(batch)  # looked at again next time
+                logger.warning("Could not check the downloads of %s users for stalls.", len(batch), exc_info=True)
         with self.lock:  # a user held again since the look stays
             for pk in [pk for pk, since in self.held.items() if pk not in active and since < started]:
                 del self.held[pk]

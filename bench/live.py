@@ -36,7 +36,7 @@ QUICK = os.environ.get("ADBENCH_LIVE_QUICK") == "1"
 TARGET_P99_MS, TARGET_KB_PER_STREAM, TARGET_CPU_RATIO = 25.0, 64.0, 10.0
 CONNECTIONS = 200 if QUICK else 2000  # idle authenticated streams on web-bg
 RATE = 100.0 if QUICK else 500.0  # set_percentage calls per second on the background users' downloads
-LOAD_PROCS, LOAD_THREADS, LOAD_WARMUP = 2, 32, 5.0  # threads enough for the rate at tens of ms a call
+LOAD_PROCS, LOAD_THREADS, LOAD_WARMUP = 2, 16, 5.0  # threads enough for the rate at tens of ms a call
 PROBES, PROBE_WARMUP, PROBE_RATE = (100 if QUICK else 500), 10, 20.0  # per kind of probe
 CPU_CLIENTS = 50 if QUICK else 200  # clients watching the exports of the CPU section
 CPU_SECONDS = 10.0 if QUICK else 30.0  # length of the watched export

@@ -314,7 +314,10 @@ class PushpinBench(live.Bench):
         # The restart counts the streams it drops: those it starts with are all open.
         gone = [c for c in clients if c.closed.done()]
         keep = [c for c in clients if not c.closed.done()][:RESTART_STREAMS]
-        await load.close_streams([c for c in clients if c not in set(keep)])
+        kept = set(keep)
+        await load.close_streams([c for c in clients if c not in kept])
+        # Pushpin lets the closed streams go (thousands at once) before the restart begins.
+        await until_idle(self.pushpin_pids() + self.web_pids(), 60)
         restart = await self.restart(keep, [c.user for c in keep])
         await load.close_streams(keep)
         stop(worker)

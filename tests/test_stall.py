@@ -226,6 +226,22 @@ class TestOpenPages:
         watching.sweep()
         assert not watching.held
 
+    def test_the_sweep_reads_a_batch_of_users_at_a_time_and_a_failed_batch_stays_held(self, monkeypatch):
+        watching = watch.Watching()
+        watching.held.update((pk, 0.0) for pk in range(250))
+        batches = []
+
+        def sweep(pks):
+            batches.append(list(pks))
+            if 0 in pks:
+                raise ConnectionError("the cache server went away")
+            return {pk for pk in pks if pk % 2}
+
+        monkeypatch.setattr(cache, "sweep", sweep)
+        watching.sweep()
+        assert [len(batch) for batch in batches] == [100, 100, 50]
+        assert set(watching.held) == set(range(100)) | {pk for pk in range(100, 250) if pk % 2}
+
     def test_a_held_user_whose_download_runs_on_stays_swept_until_it_ends(self, alice, failures):
         watching = watch.Watching()
         _, failed = cache.init_download(alice, "failed.csv")
