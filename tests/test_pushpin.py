@@ -252,6 +252,11 @@ def test_restarting_pushpin_clients_reconnect_with_their_last_id_and_miss_nothin
         assert 20 in percentages(seen, key)
 
 
+def _in_order(values):
+    """``values`` with a value repeated right after itself shown once (a repeat is no step back)."""
+    return [value for i, value in enumerate(values) if i == 0 or values[i - 1] != value]
+
+
 def test_two_pushpins_in_front_of_two_web_processes(grip, settings, alice):
     second = Site()
     second.proxies = grip.proxies + second.proxies
@@ -264,8 +269,9 @@ def test_two_pushpins_in_front_of_two_web_processes(grip, settings, alice):
         with stream(grip, alice) as one, stream(second, alice) as two:
             for percentage in (10, 20, 30):
                 cache.set_percentage(key, percentage)
-            assert percentages(wait_for(one, key, 30), key) == [10, 20, 30]
-            assert percentages(wait_for(two, key, 30), key) == [10, 20, 30]
+            # The look at each channel, a second after its stream, may send the centre again: at 30.
+            assert _in_order(percentages(wait_for(one, key, 30), key)) == [10, 20, 30]
+            assert _in_order(percentages(wait_for(two, key, 30), key)) == [10, 20, 30]
     finally:
         stop(second.web)
         second.proxy.close()
