@@ -183,11 +183,7 @@ def read_many(keys: list[str]) -> list[Record]:
 
 def read_downloads(user_id: Any) -> list[Record]:
     """The records of a user's downloads, newest first; a plain read that changes nothing."""
-    if in_database():
-        return dbstore.read_downloads(user_id)
-    keys: list[str] = get_cache().get(collection_key(user_id)) or []
-    found = [record for record in read_many(keys) if record.get("user_id") == user_id]
-    return sorted(found, key=lambda record: record["created"], reverse=True)
+    return read_downloads_of([user_id])[user_id]
 
 
 def read_downloads_of(user_ids: list[Any]) -> dict[Any, list[Record]]:
